@@ -1,0 +1,100 @@
+//! The codec on one GPU: the `codec_quantize_*` / `codec_dequantize_*`
+//! kernels, for the bit-exactness tests against [`reference`](crate::reference).
+use crate::config::{Bits, Quantization};
+use crate::element::HostElement;
+use crate::error::{Error, Result};
+use crate::kernels::{self, KernelImage};
+use crate::raw;
+use crate::reference::blob_layout;
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use flashcomm_kernels::abi::{THREADS, TILE_ELEMS};
+use std::sync::Arc;
+
+/// The codec kernels loaded on one GPU.
+pub struct GpuCodec {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    functions: Vec<(String, CudaFunction)>,
+}
+
+impl GpuCodec {
+    /// Loads the codec kernels of `image` on `device`.
+    pub fn new(device: usize, image: &KernelImage) -> Result<Self> {
+        if device >= crate::device::gpu_count() {
+            return Err(Error::NoSuchDevice { device, count: crate::device::gpu_count() });
+        }
+        let ctx = CudaContext::new(device)?;
+        let stream = ctx.new_stream()?;
+        let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(image.ptx))?;
+        let mut functions = Vec::new();
+        for dtype in [crate::Dtype::Bf16, crate::Dtype::F16] {
+            for name in [kernels::codec_quantize(dtype), kernels::codec_dequantize(dtype)] {
+                let f = module.load_function(&name).map_err(|_| Error::MissingKernel { name: name.clone() })?;
+                functions.push((name, f));
+            }
+        }
+        Ok(Self { ctx, stream, functions })
+    }
+
+    /// The context (allocate buffers here).
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The stream the kernels run on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    fn function(&self, name: &str) -> &CudaFunction {
+        &self.functions.iter().find(|(n, _)| n == name).expect("codec kernel loaded in new()").1
+    }
+
+    /// Bytes of the blob for `len` elements.
+    pub fn blob_bytes(len: usize, bits: Bits, group_size: usize) -> usize {
+        blob_layout(len, bits, group_size).total_bytes()
+    }
+
+    fn launch(&self, name: &str, a: u64, len: usize, group_size: usize, bits: Bits, b: u64) -> Result<()> {
+        Quantization::Int { rs_bits: bits, ag_bits: bits, group_size }.validate()?;
+        let tiles = blob_layout(len, bits, group_size).slots().div_ceil(TILE_ELEMS);
+        let blocks = tiles.clamp(1, 4096) as u32;
+        let (mut a, mut n, mut g, mut bits, mut b) = (a, len as u64, group_size as u32, bits.bits(), b);
+        let mut params = [
+            &mut a as *mut u64 as *mut std::ffi::c_void,
+            &mut n as *mut u64 as *mut std::ffi::c_void,
+            &mut g as *mut u32 as *mut std::ffi::c_void,
+            &mut bits as *mut u32 as *mut std::ffi::c_void,
+            &mut b as *mut u64 as *mut std::ffi::c_void,
+        ];
+        self.ctx.bind_to_thread()?;
+        // SAFETY: the context is bound; the codec kernels take
+        // (ptr, u64, u32, u32, ptr); the callers pass buffers sized for `len`
+        // elements and the blob layout, ordered on this stream.
+        unsafe { raw::launch::launch_with_params(self.function(name).cu_function(), blocks, THREADS, self.stream.cu_stream(), &mut params)? };
+        Ok(())
+    }
+
+    /// Quantizes `input` into `blob` (one shard, groups from element 0).
+    pub fn quantize<T: HostElement>(&self, input: &CudaSlice<T>, bits: Bits, group_size: usize, blob: &mut CudaSlice<u8>) -> Result<()> {
+        let need = Self::blob_bytes(input.len(), bits, group_size);
+        if blob.len() < need {
+            return Err(Error::InvalidConfig(format!("blob of {} bytes, needs {need}", blob.len())));
+        }
+        let (src, _r) = input.device_ptr(&self.stream);
+        let (dst, _w) = blob.device_ptr_mut(&self.stream);
+        self.launch(&kernels::codec_quantize(T::DTYPE), src, input.len(), group_size, bits, dst)
+    }
+
+    /// Decodes `blob` into `output`.
+    pub fn dequantize<T: HostElement>(&self, blob: &CudaSlice<u8>, bits: Bits, group_size: usize, output: &mut CudaSlice<T>) -> Result<()> {
+        let need = Self::blob_bytes(output.len(), bits, group_size);
+        if blob.len() < need {
+            return Err(Error::InvalidConfig(format!("blob of {} bytes, needs {need}", blob.len())));
+        }
+        let len = output.len();
+        let (src, _r) = blob.device_ptr(&self.stream);
+        let (dst, _w) = output.device_ptr_mut(&self.stream);
+        self.launch(&kernels::codec_dequantize(T::DTYPE), src, len, group_size, bits, dst)
+    }
+}

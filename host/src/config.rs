@@ -1,0 +1,239 @@
+//! Configuration: quantization, algorithm choice, watchdog, staging size.
+use crate::error::{Error, Result};
+use flashcomm_kernels::codec::GROUP_SIZES;
+use std::time::Duration;
+
+/// Code width of one quantization step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Bits {
+    /// 4 bits: two codes per byte.
+    B4,
+    /// 6 bits, stored bit-split as a 4-bit and a 2-bit plane.
+    B6,
+    /// 8 bits.
+    B8,
+}
+
+impl Bits {
+    /// Every width, widest first.
+    pub const ALL: [Bits; 3] = [Bits::B8, Bits::B6, Bits::B4];
+
+    /// The number of bits.
+    pub const fn bits(self) -> u32 {
+        match self {
+            Bits::B4 => 4,
+            Bits::B6 => 6,
+            Bits::B8 => 8,
+        }
+    }
+
+    /// Parses 4, 6 or 8.
+    pub fn from_bits(bits: u32) -> Result<Self> {
+        match bits {
+            4 => Ok(Bits::B4),
+            6 => Ok(Bits::B6),
+            8 => Ok(Bits::B8),
+            _ => Err(Error::InvalidConfig(format!("{bits}-bit codes are not supported (use 4, 6 or 8)"))),
+        }
+    }
+}
+
+/// How the message is encoded for transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Quantization {
+    /// No quantization: f32 sums in rank order, rounded once to the element type.
+    None,
+    /// Flash All-Reduce: per-group asymmetric quantization with `rs_bits` in
+    /// the reduce-scatter step and `ag_bits` in the all-gather step.
+    Int {
+        /// Code width of the reduce-scatter step.
+        rs_bits: Bits,
+        /// Code width of the all-gather step.
+        ag_bits: Bits,
+        /// Elements per group: 32, 64, 128 or 256.
+        group_size: usize,
+    },
+}
+
+impl Quantization {
+    /// INT8 in both steps, groups of 128.
+    pub const INT8: Self = Self::Int { rs_bits: Bits::B8, ag_bits: Bits::B8, group_size: 128 };
+    /// The paper's "INT6": INT4 in the reduce-scatter, INT8 in the all-gather, groups of 128.
+    pub const INT6: Self = Self::Int { rs_bits: Bits::B4, ag_bits: Bits::B8, group_size: 128 };
+    /// INT4 in both steps, groups of 128.
+    pub const INT4: Self = Self::Int { rs_bits: Bits::B4, ag_bits: Bits::B4, group_size: 128 };
+
+    /// Checks the group size.
+    pub fn validate(&self) -> Result<()> {
+        if let Self::Int { group_size, .. } = *self {
+            if !GROUP_SIZES.contains(&(group_size as u32)) {
+                return Err(Error::InvalidConfig(format!(
+                    "group size {group_size} is not supported (use one of {GROUP_SIZES:?})"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// `(rs, ag)` code widths for the kernels: 16 means raw elements.
+    pub fn kernel_bits(&self) -> (u32, u32) {
+        match *self {
+            Self::None => (16, 16),
+            Self::Int { rs_bits, ag_bits, .. } => (rs_bits.bits(), ag_bits.bits()),
+        }
+    }
+
+    /// A short label: `none`, `int8`, `int4/8-g128`, ...
+    pub fn label(&self) -> String {
+        match *self {
+            Self::None => "none".into(),
+            Self::Int { rs_bits, ag_bits, group_size } if rs_bits == ag_bits => {
+                format!("int{}-g{group_size}", rs_bits.bits())
+            }
+            Self::Int { rs_bits, ag_bits, group_size } => {
+                format!("int{}/{}-g{group_size}", rs_bits.bits(), ag_bits.bits())
+            }
+        }
+    }
+
+    /// Parses `none`, `int8`, `int6` (= 4 then 8), `int4`, or `q<rs>q<ag>`,
+    /// each optionally followed by `-g<group>` (default 128).
+    pub fn parse(text: &str) -> Result<Self> {
+        let text = text.trim().to_ascii_lowercase();
+        if text == "none" || text == "off" {
+            return Ok(Self::None);
+        }
+        let (head, group) = match text.split_once("-g") {
+            Some((h, g)) => (h.to_string(), g.parse::<usize>().map_err(|_| bad(&text))?),
+            None => (text.clone(), 128),
+        };
+        let (rs, ag) = match head.as_str() {
+            "int8" => (8, 8),
+            "int6" => (4, 8),
+            "int4" => (4, 4),
+            q => {
+                let rest = q.strip_prefix('q').ok_or_else(|| bad(&text))?;
+                let (a, b) = rest.split_once('q').ok_or_else(|| bad(&text))?;
+                (a.parse().map_err(|_| bad(&text))?, b.parse().map_err(|_| bad(&text))?)
+            }
+        };
+        let q = Self::Int { rs_bits: Bits::from_bits(rs)?, ag_bits: Bits::from_bits(ag)?, group_size: group };
+        q.validate()?;
+        Ok(q)
+    }
+}
+
+fn bad(text: &str) -> Error {
+    Error::InvalidConfig(format!(
+        "cannot parse quantization {text:?} (use none, int8, int6, int4 or q<rs>q<ag>, with optional -g32/-g64/-g128/-g256)"
+    ))
+}
+
+/// Which all-reduce algorithm runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// Pick by size and world size from measured thresholds; quantized only
+    /// when [`Config::quantization`] allows it.
+    Auto,
+    /// Unquantized one-shot: every rank reads every peer's whole message.
+    OneShot,
+    /// Unquantized two-shot: reduce-scatter then all-gather, raw elements.
+    TwoShot,
+    /// Quantized two-shot (Flash All-Reduce) with [`Config::quantization`].
+    Flash,
+}
+
+impl Algorithm {
+    /// Parses `auto`, `oneshot`, `twoshot`, `flash`.
+    pub fn parse(text: &str) -> Result<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "oneshot" | "one-shot" | "1shot" => Ok(Self::OneShot),
+            "twoshot" | "two-shot" | "2shot" => Ok(Self::TwoShot),
+            "flash" | "quantized" => Ok(Self::Flash),
+            other => Err(Error::InvalidConfig(format!("unknown algorithm {other:?} (auto, oneshot, twoshot, flash)"))),
+        }
+    }
+}
+
+/// Size thresholds for [`Algorithm::Auto`], in bytes of the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Thresholds {
+    /// Messages up to this size use the one-shot.
+    pub oneshot_max_bytes: usize,
+    /// Messages from this size use Flash (if quantization is allowed).
+    pub flash_min_bytes: usize,
+}
+
+/// Communicator configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Quantization Flash uses; `None` also keeps `Auto` unquantized.
+    pub quantization: Quantization,
+    /// Algorithm for every call (per-call overrides exist).
+    pub algorithm: Algorithm,
+    /// Watchdog: a rank gives up waiting for a peer after this long and the
+    /// host gets [`Error::PeerTimeout`]. `None` waits forever.
+    pub timeout: Option<Duration>,
+    /// Largest piece (elements) one kernel launch handles; sizes the staging
+    /// buffers. Larger messages run in pieces.
+    pub max_piece_elems: usize,
+    /// Overrides the measured `Auto` thresholds.
+    pub thresholds: Option<Thresholds>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            quantization: Quantization::None,
+            algorithm: Algorithm::Auto,
+            timeout: Some(Duration::from_millis(200)),
+            max_piece_elems: 32 << 20,
+            thresholds: None,
+        }
+    }
+}
+
+impl Config {
+    /// Applies environment overrides: `FLASHCOMM_ALGO`, `FLASHCOMM_QUANT`,
+    /// `FLASHCOMM_TIMEOUT_MS` (0 = no watchdog), `FLASHCOMM_ONESHOT_MAX_BYTES`,
+    /// `FLASHCOMM_FLASH_MIN_BYTES`.
+    pub fn with_env_overrides(mut self) -> Result<Self> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let num = |k: &str, v: String| {
+            v.trim().parse::<usize>().map_err(|_| Error::InvalidConfig(format!("{k}={v:?} is not a number")))
+        };
+        if let Some(v) = var("FLASHCOMM_ALGO") {
+            self.algorithm = Algorithm::parse(&v)?;
+        }
+        if let Some(v) = var("FLASHCOMM_QUANT") {
+            self.quantization = Quantization::parse(&v)?;
+        }
+        if let Some(v) = var("FLASHCOMM_TIMEOUT_MS") {
+            let ms = num("FLASHCOMM_TIMEOUT_MS", v)?;
+            self.timeout = (ms > 0).then(|| Duration::from_millis(ms as u64));
+        }
+        let one = var("FLASHCOMM_ONESHOT_MAX_BYTES").map(|v| num("FLASHCOMM_ONESHOT_MAX_BYTES", v)).transpose()?;
+        let flash = var("FLASHCOMM_FLASH_MIN_BYTES").map(|v| num("FLASHCOMM_FLASH_MIN_BYTES", v)).transpose()?;
+        if one.is_some() || flash.is_some() {
+            let base = self.thresholds.unwrap_or(Thresholds { oneshot_max_bytes: 0, flash_min_bytes: usize::MAX });
+            self.thresholds = Some(Thresholds {
+                oneshot_max_bytes: one.unwrap_or(base.oneshot_max_bytes),
+                flash_min_bytes: flash.unwrap_or(base.flash_min_bytes),
+            });
+        }
+        Ok(self)
+    }
+
+    /// Checks the configuration.
+    pub fn validate(&self) -> Result<()> {
+        self.quantization.validate()?;
+        if self.algorithm == Algorithm::Flash && self.quantization == Quantization::None {
+            return Err(Error::InvalidConfig("Algorithm::Flash needs a Quantization::Int setting".into()));
+        }
+        if self.max_piece_elems < 1 << 16 {
+            return Err(Error::InvalidConfig(format!("max_piece_elems {} is below the minimum 65536", self.max_piece_elems)));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,64 @@
+//! The one error type of flashcomm.
+use cudarc::driver::DriverError;
+
+/// Everything that can go wrong; library code never panics on bad input.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A CUDA driver call failed.
+    #[error("CUDA driver error: {0:?}")]
+    Driver(#[from] DriverError),
+    /// An NCCL call failed (baseline/fallback only).
+    #[error("NCCL error: {0}")]
+    Nccl(String),
+    /// No CUDA driver could be loaded, or it reports no device.
+    #[error("no CUDA GPU is available: {0}")]
+    NoGpu(String),
+    /// The configuration is not supported.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// World size outside 2..=8 (or 1..=8 for the CPU reference).
+    #[error("world size {world} is not supported (allowed: {min}..={max})")]
+    WorldSize { world: usize, min: usize, max: usize },
+    /// A device ordinal appears twice.
+    #[error("device {device} is listed twice; each rank needs its own GPU")]
+    DuplicateDevice { device: usize },
+    /// A device ordinal does not exist.
+    #[error("device {device} does not exist ({count} CUDA devices visible)")]
+    NoSuchDevice { device: usize, count: usize },
+    /// Peer access between two GPUs is unavailable or failed the probe.
+    #[error("peer access from GPU {from} to GPU {to} is unavailable: {why}")]
+    PeerAccessUnavailable { from: usize, to: usize, why: String },
+    /// Per-rank buffers do not all have the same length.
+    #[error("length mismatch: rank {rank} has {len} elements, rank 0 has {expected}")]
+    LengthMismatch { rank: usize, len: usize, expected: usize },
+    /// Input and output of a rank differ in length.
+    #[error("rank {rank}: input has {input} elements but output has {output}")]
+    OutputLength { rank: usize, input: usize, output: usize },
+    /// The number of buffers passed is not the world size.
+    #[error("expected one buffer per rank ({world}), got {got}")]
+    BufferCount { world: usize, got: usize },
+    /// A buffer lives on another GPU than its rank's.
+    #[error("rank {rank}'s buffer is on device {found}, expected device {expected}")]
+    WrongDevice { rank: usize, found: usize, expected: usize },
+    /// A pointer is not aligned as the kernels require.
+    #[error("rank {rank}: {what} pointer {ptr:#x} is not {align}-byte aligned")]
+    Misaligned { rank: usize, what: &'static str, ptr: u64, align: usize },
+    /// A rank index outside the communicator.
+    #[error("rank {rank} does not exist (world size {world})")]
+    NoSuchRank { rank: usize, world: usize },
+    /// The watchdog fired: a peer never reached a barrier.
+    #[error("rank {rank} timed out waiting for rank {peer} at the {phase} barrier (block {block}); the communicator needs recover()")]
+    PeerTimeout { rank: usize, peer: usize, phase: &'static str, block: usize },
+    /// Ranks entered one collective with different lengths or configurations.
+    #[error("rank {rank}: rank {peer} entered the collective with a different length or configuration (block {block})")]
+    CollectiveMismatch { rank: usize, peer: usize, block: usize },
+    /// A previous collective failed; call `recover()` first.
+    #[error("the communicator is unusable after an earlier failure ({0}); call recover()")]
+    Poisoned(String),
+    /// A kernel the host needs is missing from the PTX.
+    #[error("kernel {name} is missing from the embedded PTX")]
+    MissingKernel { name: String },
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

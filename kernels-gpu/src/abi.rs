@@ -1,0 +1,162 @@
+//! Argument blocks and memory maps shared by host launches and kernels.
+//!
+//! Kernels take one `#[repr(C)]` struct by value (a `.param` aggregate); the
+//! host builds the same struct from the same definition, so the layouts
+//! cannot drift apart.
+
+/// Largest world size the kernels and flag arrays support.
+pub const MAX_WORLD: usize = 8;
+/// Largest grid of the collective kernels (flag slots per phase).
+pub const MAX_BLOCKS: usize = 1024;
+/// Threads per block of every kernel.
+pub const THREADS: u32 = 256;
+/// Elements one block covers per tile (`THREADS * CHUNK`).
+pub const TILE_ELEMS: usize = THREADS as usize * crate::codec::CHUNK;
+
+/// Phases of a collective that wait on peers; each has its own flag array
+/// (shared rule 1 / hazard H3: a fast peer at barrier 2 must not overwrite
+/// a slot still being waited on at barrier 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Phase {
+    /// After each rank has staged its contribution (entry barrier).
+    Staged = 0,
+    /// After each owner has staged its reduced shard (two-shot), or after
+    /// every rank has finished reading peers' staging (one-shot exit).
+    Reduced = 1,
+}
+
+/// Word offsets inside a rank's *sync area*: one peer-mapped `cuMemAlloc`
+/// block per rank. Peers write only their own slot `[block][peer_rank]` of the
+/// flag and tag arrays (one writer per slot, hazard H1); epochs and the error
+/// word are written by the owning rank's kernels only.
+pub mod sync_area {
+    use super::{MAX_BLOCKS, MAX_WORLD};
+    /// `flags[phase][block][peer]`: epoch a peer signalled.
+    pub const FLAGS: usize = 0;
+    /// Words per phase in [`FLAGS`].
+    pub const FLAGS_PER_PHASE: usize = MAX_BLOCKS * MAX_WORLD;
+    /// `tags[block][peer]`: the call tag a peer signalled with at the entry barrier.
+    pub const TAGS: usize = FLAGS + 2 * FLAGS_PER_PHASE;
+    /// `epochs[block]`: calls completed by this block index on this rank.
+    pub const EPOCHS: usize = TAGS + MAX_BLOCKS * MAX_WORLD;
+    /// One error word (see [`ErrorWord`](super::ErrorWord)); 0 = no error.
+    pub const ERROR: usize = EPOCHS + MAX_BLOCKS;
+    /// Scratch for the peer probe at creation: `[written by a peer, read by a peer]`.
+    pub const PROBE: usize = ERROR + 1;
+    /// Total words (rounded up to a 256-byte multiple).
+    pub const WORDS: usize = (PROBE + 2 + 63) & !63;
+    /// Total bytes.
+    pub const BYTES: usize = WORDS * 4;
+}
+
+/// The error a kernel leaves in its rank's sync area, packed in one `u32` so a
+/// single store publishes it whole: `kind | phase << 4 | peer << 8 | block << 16`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ErrorWord(pub u32);
+
+impl ErrorWord {
+    /// A peer's flag did not arrive within the timeout.
+    pub const KIND_TIMEOUT: u32 = 1;
+    /// A peer entered the same collective with a different length or config.
+    pub const KIND_MISMATCH: u32 = 2;
+
+    /// Packs an error.
+    #[inline(always)]
+    pub const fn new(kind: u32, phase: u32, peer: u32, block: u32) -> Self {
+        Self(kind | (phase & 0xF) << 4 | (peer & 0xFF) << 8 | (block & 0xFFFF) << 16)
+    }
+    /// The error kind (0 = none).
+    pub const fn kind(self) -> u32 {
+        self.0 & 0xF
+    }
+    /// The barrier phase that failed.
+    pub const fn phase(self) -> u32 {
+        (self.0 >> 4) & 0xF
+    }
+    /// The peer rank that was waited for.
+    pub const fn peer(self) -> u32 {
+        (self.0 >> 8) & 0xFF
+    }
+    /// The block that saw it.
+    pub const fn block(self) -> u32 {
+        self.0 >> 16
+    }
+}
+
+/// Arguments of the collective kernels (`allreduce_twoshot_*`, `allreduce_oneshot_*`).
+///
+/// Pointers are device addresses (`CUdeviceptr`). `staging_in`, `staging_out`
+/// and `sync` hold every rank's buffer, in rank order, mapped into this GPU's
+/// address space by peer access; unused entries are 0.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct CollectiveArgs {
+    /// This rank's input, `len` elements, 16-byte aligned.
+    pub input: u64,
+    /// This rank's output, `len` elements, 16-byte aligned (may equal `input`).
+    pub output: u64,
+    /// Elements in this call (one piece of a larger message).
+    pub len: u64,
+    /// Phase-1 staging of each rank: `world` shard blobs, `shard_stride` apart.
+    pub staging_in: [u64; MAX_WORLD],
+    /// Phase-2 staging of each rank: the blob of the shard it owns.
+    pub staging_out: [u64; MAX_WORLD],
+    /// Sync area of each rank (see [`sync_area`]).
+    pub sync: [u64; MAX_WORLD],
+    /// Bytes between consecutive shard blobs in `staging_in`.
+    pub shard_stride: u64,
+    /// Watchdog: give up waiting for a peer after this many ns (0 = never).
+    pub timeout_ns: u64,
+    /// This rank.
+    pub rank: u32,
+    /// Number of ranks (2..=MAX_WORLD).
+    pub world: u32,
+    /// Elements per quantization group; shards are whole groups.
+    pub group_size: u32,
+    /// Identifies (length, dtype, algorithm, bits, group size) of this call;
+    /// ranks compare tags at the entry barrier.
+    pub tag: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<CollectiveArgs>() == 8 * 3 + 8 * MAX_WORLD * 3 + 16 + 16);
+
+/// Shard geometry of one call, derived identically on every rank from
+/// `(len, world, group_size)` only, so all ranks launch the same grid and
+/// pair the same blocks (shared rule 5 / design rule 6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardGeometry {
+    /// Groups in the whole message (the last may be short).
+    pub total_groups: usize,
+    /// Groups per shard (the last shards may hold fewer, or none).
+    pub shard_groups: usize,
+    /// Element slots per shard (`shard_groups * group_size`).
+    pub shard_slots: usize,
+    /// Tiles per shard.
+    pub tiles: usize,
+}
+
+impl ShardGeometry {
+    /// Geometry for `len` elements over `world` ranks with groups of `group_size`.
+    #[inline(always)]
+    pub const fn new(len: usize, world: usize, group_size: usize) -> Self {
+        let total_groups = len.div_ceil(group_size);
+        let shard_groups = total_groups.div_ceil(world);
+        let shard_slots = shard_groups * group_size;
+        let tiles = shard_slots.div_ceil(TILE_ELEMS);
+        Self { total_groups, shard_groups, shard_slots, tiles }
+    }
+
+    /// Valid elements of shard `s` (0 for an empty trailing shard).
+    #[inline(always)]
+    pub const fn shard_len(&self, len: usize, s: usize) -> usize {
+        let start = s * self.shard_slots;
+        if start >= len {
+            0
+        } else if len - start < self.shard_slots {
+            len - start
+        } else {
+            self.shard_slots
+        }
+    }
+}

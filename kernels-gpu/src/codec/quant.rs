@@ -1,0 +1,114 @@
+//! Per-group asymmetric quantization: parameters, encoding, decoding.
+//! The formulas are documented in the [module above](super).
+
+/// Highest code for `bits` bits: `2^bits - 1`.
+#[inline(always)]
+pub const fn levels(bits: u32) -> u32 {
+    (1 << bits) - 1
+}
+
+/// The two f32 numbers stored per group: the midpoint of `[min, max]` and
+/// half the distance between adjacent codes. NaN in both marks a group that
+/// held a non-finite value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+pub struct GroupParams {
+    /// `(0.5*min + 0.5*max) + 0.0` (the `+ 0.0` turns -0 into +0).
+    pub center: f32,
+    /// `(0.5*max - 0.5*min) / (2^bits - 1)`; 0 for a constant group.
+    pub half_step: f32,
+}
+
+const _: () = assert!(core::mem::size_of::<GroupParams>() == 8);
+
+impl GroupParams {
+    /// Parameters of a group that held NaN or +-inf: it decodes to NaN.
+    pub const NON_FINITE: Self = Self { center: f32::NAN, half_step: f32::NAN };
+
+    /// Parameters for a group whose NaN-propagating min and max are `mn`, `mx`.
+    /// An empty group (`mn = +inf`, `mx = -inf`) also yields [`Self::NON_FINITE`];
+    /// callers never store one.
+    #[inline(always)]
+    pub fn from_min_max(mn: f32, mx: f32, bits: u32) -> Self {
+        if !(mn.is_finite() && mx.is_finite()) {
+            return Self::NON_FINITE;
+        }
+        let center = (0.5 * mn + 0.5 * mx) + 0.0;
+        let half_range = 0.5 * mx - 0.5 * mn;
+        let half_step = half_range / levels(bits) as f32;
+        Self { center, half_step }
+    }
+
+    /// Whether the group held only finite values.
+    #[inline(always)]
+    pub fn is_finite(&self) -> bool {
+        // Only NaN compares unequal to itself.
+        #[allow(clippy::eq_op)]
+        let finite = self.half_step == self.half_step;
+        finite
+    }
+
+    /// The value of code `q` (`q <= 2^bits - 1`).
+    #[inline(always)]
+    pub fn decode(&self, q: u32, bits: u32) -> f32 {
+        let k = (2 * q as i32 - levels(bits) as i32) as f32;
+        self.center + k * self.half_step
+    }
+}
+
+/// The NaN-propagating minimum used for group statistics (`min.NaN.f32` on sm_80+).
+#[inline(always)]
+pub fn nan_min(a: f32, b: f32) -> f32 {
+    a.minimum(b)
+}
+
+/// The NaN-propagating maximum used for group statistics (`max.NaN.f32` on sm_80+).
+#[inline(always)]
+pub fn nan_max(a: f32, b: f32) -> f32 {
+    a.maximum(b)
+}
+
+/// Encodes the elements of one group (precomputes the reciprocal step).
+#[derive(Clone, Copy, Debug)]
+pub struct Encoder {
+    center: f32,
+    step: f32,
+    inv_step: f32,
+    half_levels: f32,
+    top: f32,
+}
+
+/// Adding and subtracting 2^23 rounds an f32 in [0, 2^23) to an integer,
+/// ties to even, with two ordinary IEEE additions on any target.
+const ROUND_MAGIC: f32 = 8_388_608.0;
+
+impl Encoder {
+    /// An encoder for a group with parameters `p` and `bits` bits.
+    #[inline(always)]
+    pub fn new(p: GroupParams, bits: u32) -> Self {
+        let step = p.half_step + p.half_step;
+        Self {
+            center: p.center,
+            step,
+            inv_step: 1.0 / step,
+            half_levels: levels(bits) as f32 * 0.5,
+            top: levels(bits) as f32,
+        }
+    }
+
+    /// The code of `x`, an element of the group (`min <= x <= max`).
+    /// Constant and non-finite groups encode everything as 0.
+    #[inline(always)]
+    pub fn encode(&self, x: f32) -> u32 {
+        // False for a zero step and for NaN parameters.
+        if !(self.step > 0.0) {
+            return 0;
+        }
+        let offset = x - self.center;
+        // The reciprocal overflows only when the group's spread is subnormal;
+        // divide then (rare, and exact in intent on both sides).
+        let scaled = if self.inv_step.is_finite() { offset * self.inv_step } else { offset / self.step };
+        let v = (scaled + self.half_levels).max(0.0).min(self.top);
+        ((v + ROUND_MAGIC) - ROUND_MAGIC) as u32
+    }
+}

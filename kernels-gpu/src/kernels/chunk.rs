@@ -1,0 +1,289 @@
+//! Chunk-level device building blocks: one thread moves and transforms the
+//! `CHUNK` = 16 consecutive elements it owns. Shared by every kernel.
+//!
+//! Per-element loops are unrolled by [`unroll!`] rather than left to LLVM: a
+//! loop like `for i in 0..16 { if i < valid { x[i] = .. } }` is otherwise
+//! rewritten into a loop of `valid` iterations, whose run-time index sends
+//! the whole chunk array to local memory (seen in the PTX).
+use crate::abi::MAX_WORLD;
+use crate::codec::quant::{nan_max, nan_min};
+use crate::codec::{Element, Encoder, GroupParams, PackedChunk, ShardLayout, CHUNK};
+use crate::intrinsics::mem::*;
+use crate::intrinsics::thread::lane_id;
+use crate::intrinsics::warp::shfl_xor_f32;
+
+/// Repeats a block with `$i` bound to each literal index, so every array
+/// access inside has a compile-time index and stays in registers.
+macro_rules! unroll {
+    ($i:ident in 16 => $body:block) => { unroll!(@ $i $body; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15) };
+    ($i:ident in 8 => $body:block) => { unroll!(@ $i $body; 0 1 2 3 4 5 6 7) };
+    (@ $i:ident $body:block; $($n:literal)*) => { $( { let $i: usize = $n; $body } )* };
+}
+pub(crate) use unroll;
+
+const _: () = assert!(CHUNK == 16 && MAX_WORLD == 8, "unroll! counts must match");
+
+/// `array[i]` for a run-time `i`, as a chain of selects: indexing a kernel
+/// parameter array directly would copy the whole argument block to local memory.
+#[inline(always)]
+pub fn pick(array: &[u64; MAX_WORLD], i: usize) -> u64 {
+    let mut v = 0;
+    unroll!(k in 8 => {
+        if k == i {
+            v = array[k];
+        }
+    });
+    v
+}
+
+/// Where a thread's chunk sits relative to the shard it belongs to.
+#[derive(Clone, Copy)]
+pub struct ChunkPos {
+    /// Chunk index in the shard (element `16 * index`).
+    pub index: usize,
+    /// Elements of the chunk that hold data (0..=16).
+    pub valid: usize,
+    /// Whether the chunk lies in the shard's group slots (it must store codes).
+    pub in_slots: bool,
+}
+
+impl ChunkPos {
+    /// Position of chunk `index` in a shard of `len` valid elements and `slots` slots.
+    #[inline(always)]
+    pub fn new(index: usize, len: usize, slots: usize) -> Self {
+        let e0 = index * CHUNK;
+        let valid = if e0 >= len { 0 } else if len - e0 < CHUNK { len - e0 } else { CHUNK };
+        Self { index, valid, in_slots: e0 < slots }
+    }
+}
+
+#[inline(always)]
+fn unpack_pairs<E: Element>(words: &[u32], x: &mut [f32; CHUNK]) {
+    unroll!(i in 8 => {
+        x[2 * i] = E::to_f32(words[i] as u16);
+        x[2 * i + 1] = E::to_f32((words[i] >> 16) as u16);
+    });
+}
+
+/// Loads `valid` elements at `src` (16-byte vectors when the chunk is full).
+///
+/// # Safety
+/// `src` must be 16-byte aligned with `valid` readable elements.
+#[inline(always)]
+pub unsafe fn load_elements<E: Element>(src: *const u16, valid: usize) -> [f32; CHUNK] {
+    let mut x = [0.0f32; CHUNK];
+    if valid == CHUNK {
+        // SAFETY: a full chunk is 32 readable, 16-byte aligned bytes.
+        let (a, b) = unsafe { (ld_global_v4(src as *const [u32; 4]), ld_global_v4(src.add(8) as *const [u32; 4])) };
+        unpack_pairs::<E>(&[a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]], &mut x);
+    } else {
+        unroll!(i in 16 => {
+            if i < valid {
+                // SAFETY: element i < valid is readable.
+                x[i] = E::to_f32(unsafe { ld_global_u16(src.add(i)) });
+            }
+        });
+    }
+    x
+}
+
+/// Rounds `x` to `E` and stores `valid` elements at `dst`.
+///
+/// # Safety
+/// `dst` must be 16-byte aligned with `valid` writable elements owned by this thread.
+#[inline(always)]
+pub unsafe fn store_elements<E: Element>(dst: *mut u16, valid: usize, x: &[f32; CHUNK]) {
+    if valid == CHUNK {
+        let mut w = [0u32; 8];
+        unroll!(i in 8 => {
+            w[i] = E::from_f32(x[2 * i]) as u32 | (E::from_f32(x[2 * i + 1]) as u32) << 16;
+        });
+        // SAFETY: a full chunk is 32 writable, 16-byte aligned bytes.
+        unsafe {
+            st_global_v4(dst as *mut [u32; 4], [w[0], w[1], w[2], w[3]]);
+            st_global_v4(dst.add(8) as *mut [u32; 4], [w[4], w[5], w[6], w[7]]);
+        }
+    } else {
+        unroll!(i in 16 => {
+            if i < valid {
+                // SAFETY: element i < valid is writable.
+                unsafe { st_global_u16(dst.add(i), E::from_f32(x[i])) };
+            }
+        });
+    }
+}
+
+/// Group statistics across the `lanes_per_group` lanes sharing a group: an
+/// xor butterfly of warp shuffles (groups are aligned runs of lanes).
+///
+/// # Safety
+/// All 32 lanes must call this together with the same `lanes_per_group`.
+#[inline(always)]
+unsafe fn group_min_max(x: &[f32; CHUNK], valid: usize, lanes_per_group: u32) -> (f32, f32) {
+    let mut mn = f32::INFINITY;
+    let mut mx = f32::NEG_INFINITY;
+    unroll!(i in 16 => {
+        let live = i < valid;
+        mn = nan_min(mn, if live { x[i] } else { f32::INFINITY });
+        mx = nan_max(mx, if live { x[i] } else { f32::NEG_INFINITY });
+    });
+    let mut offset = 1;
+    while offset < lanes_per_group {
+        // SAFETY: the caller guarantees a converged warp.
+        unsafe {
+            mn = nan_min(mn, shfl_xor_f32(mn, offset));
+            mx = nan_max(mx, shfl_xor_f32(mx, offset));
+        }
+        offset <<= 1;
+    }
+    (mn, mx)
+}
+
+/// Writes one chunk into a blob: quantized with `BITS` bits (parameters from
+/// the group's min/max), or raw elements when `BITS == 16`.
+///
+/// # Safety
+/// All 32 lanes of the warp call this together (shuffles inside); `blob` is a
+/// blob of `layout` that this thread's chunk and group parameters may write.
+#[inline(always)]
+pub unsafe fn stage_chunk<E: Element, const BITS: u32>(
+    x: &[f32; CHUNK],
+    pos: ChunkPos,
+    blob: *mut u8,
+    layout: &ShardLayout,
+    group_shift: u32,
+) {
+    if BITS == 16 {
+        if pos.in_slots {
+            // SAFETY: raw chunk `index` lies inside the blob's slots.
+            unsafe { store_elements::<E>((blob as *mut u16).add(pos.index * CHUNK), CHUNK, x) };
+        }
+        return;
+    }
+    let lanes_per_group = 1u32 << (group_shift - 4);
+    // SAFETY: the caller guarantees a converged warp.
+    let (mn, mx) = unsafe { group_min_max(x, pos.valid, lanes_per_group) };
+    if !pos.in_slots {
+        return;
+    }
+    let params = GroupParams::from_min_max(mn, mx, BITS);
+    let encoder = Encoder::new(params, BITS);
+    let mut codes = [0u32; CHUNK];
+    unroll!(i in 16 => {
+        codes[i] = if i < pos.valid { encoder.encode(x[i]) } else { 0 };
+    });
+    let packed = PackedChunk::pack(&codes, BITS);
+    // SAFETY: the chunk's code bytes and its group's parameters are inside the blob.
+    unsafe {
+        let primary = blob.add(pos.index * layout.primary_chunk_bytes());
+        if BITS == 8 {
+            st_global_v4(primary as *mut [u32; 4], packed.primary);
+        } else {
+            st_global_v2(primary as *mut [u32; 2], [packed.primary[0], packed.primary[1]]);
+            if BITS == 6 {
+                st_global_u32(blob.add(layout.secondary_offset() + pos.index * 4) as *mut u32, packed.secondary);
+            }
+        }
+        if lane_id() & (lanes_per_group - 1) == 0 {
+            let group = (pos.index * CHUNK) >> group_shift;
+            let p = blob.add(layout.params_offset() + group * 8) as *mut [u32; 2];
+            st_global_v2(p, [params.center.to_bits(), params.half_step.to_bits()]);
+        }
+    }
+}
+
+/// The undecoded bytes of one chunk of a blob: what crosses the link.
+#[derive(Clone, Copy, Default)]
+pub struct FetchedChunk {
+    /// Raw elements (8 words) or the primary code plane (4 or 2 words).
+    words: [u32; 8],
+    /// INT6 secondary plane.
+    secondary: u32,
+    /// The group's `[center, half_step]` bits.
+    params: [u32; 2],
+}
+
+/// Issues the loads of one chunk of a blob (possibly a peer's), with `.cg`.
+/// Split from [`decode_chunk`] so the loads of all ranks are in flight together.
+///
+/// # Safety
+/// `blob` is a blob of `layout` whose chunk `index` was written and published
+/// (release/acquire) before this call, and `index` is inside its slots.
+#[inline(always)]
+pub unsafe fn fetch_chunk<const BITS: u32>(blob: *const u8, index: usize, layout: &ShardLayout, group_shift: u32) -> FetchedChunk {
+    let mut f = FetchedChunk::default();
+    // SAFETY: the caller guarantees the blob holds chunk `index`.
+    unsafe {
+        if BITS == 16 {
+            let src = (blob as *const u16).add(index * CHUNK);
+            let a = ld_global_cg_v4(src as *const [u32; 4]);
+            let b = ld_global_cg_v4(src.add(8) as *const [u32; 4]);
+            f.words = [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]];
+            return f;
+        }
+        let group = (index * CHUNK) >> group_shift;
+        f.params = ld_global_cg_v2(blob.add(layout.params_offset() + group * 8) as *const [u32; 2]);
+        let primary = blob.add(index * layout.primary_chunk_bytes());
+        if BITS == 8 {
+            let w = ld_global_cg_v4(primary as *const [u32; 4]);
+            f.words[..4].copy_from_slice(&w);
+        } else {
+            let w = ld_global_cg_v2(primary as *const [u32; 2]);
+            f.words[0] = w[0];
+            f.words[1] = w[1];
+            if BITS == 6 {
+                f.secondary = ld_global_cg_u32(blob.add(layout.secondary_offset() + index * 4) as *const u32);
+            }
+        }
+    }
+    f
+}
+
+/// Decodes a fetched chunk to f32.
+#[inline(always)]
+pub fn decode_chunk<E: Element, const BITS: u32>(f: &FetchedChunk) -> [f32; CHUNK] {
+    let mut x = [0.0f32; CHUNK];
+    if BITS == 16 {
+        unpack_pairs::<E>(&f.words, &mut x);
+        return x;
+    }
+    let params = GroupParams { center: f32::from_bits(f.params[0]), half_step: f32::from_bits(f.params[1]) };
+    let packed = PackedChunk { primary: [f.words[0], f.words[1], f.words[2], f.words[3]], secondary: f.secondary };
+    let codes = packed.unpack(BITS);
+    unroll!(i in 16 => {
+        x[i] = params.decode(codes[i], BITS);
+    });
+    x
+}
+
+/// Fetches chunk `index` of `blob_of(r)` for every rank `r < world`, then
+/// sums the decoded values in rank order 0, 1, .., world-1 (f32).
+///
+/// # Safety
+/// As [`fetch_chunk`] for every rank's blob.
+#[inline(always)]
+pub unsafe fn sum_over_ranks<E: Element, const BITS: u32>(
+    blob_of: impl Fn(usize) -> *const u8,
+    world: usize,
+    index: usize,
+    layout: &ShardLayout,
+    group_shift: u32,
+) -> [f32; CHUNK] {
+    let mut fetched = [FetchedChunk::default(); MAX_WORLD];
+    unroll!(r in 8 => {
+        if r < world {
+            // SAFETY: forwarded caller contract.
+            fetched[r] = unsafe { fetch_chunk::<BITS>(blob_of(r), index, layout, group_shift) };
+        }
+    });
+    let mut acc = decode_chunk::<E, BITS>(&fetched[0]);
+    unroll!(r in 8 => {
+        if r > 0 && r < world {
+            let part = decode_chunk::<E, BITS>(&fetched[r]);
+            unroll!(i in 16 => {
+                acc[i] += part[i];
+            });
+        }
+    });
+    acc
+}

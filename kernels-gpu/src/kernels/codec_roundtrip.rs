@@ -1,0 +1,84 @@
+//! Single-GPU codec kernels: quantize a buffer into one blob, and decode a
+//! blob back. They run the same chunk code as the all-reduce and are tested
+//! bit for bit against the host codec (the foundation's GPU test).
+use super::chunk::{decode_chunk, fetch_chunk, load_elements, stage_chunk, store_elements, ChunkPos};
+use crate::abi::THREADS;
+use crate::codec::{Bf16, Element, ShardLayout, CHUNK, F16};
+use crate::intrinsics::thread::{block_idx, grid_dim, thread_idx};
+
+#[inline(always)]
+unsafe fn quantize<E: Element, const BITS: u32>(input: *const u16, len: usize, group_size: u32, blob: *mut u8) {
+    let layout = ShardLayout::new(len.div_ceil(group_size as usize), group_size as usize, BITS);
+    let tiles = layout.slots().div_ceil(THREADS as usize * CHUNK);
+    let mut t = block_idx() as usize;
+    while t < tiles {
+        let pos = ChunkPos::new(t * THREADS as usize + thread_idx() as usize, len, layout.slots());
+        // SAFETY: caller contract: `len` input elements, a blob of `layout`.
+        unsafe {
+            let x = load_elements::<E>(input.add(pos.index * CHUNK), pos.valid);
+            stage_chunk::<E, BITS>(&x, pos, blob, &layout, group_size.trailing_zeros());
+        }
+        t += grid_dim() as usize;
+    }
+}
+
+#[inline(always)]
+unsafe fn dequantize<E: Element, const BITS: u32>(blob: *const u8, len: usize, group_size: u32, output: *mut u16) {
+    let layout = ShardLayout::new(len.div_ceil(group_size as usize), group_size as usize, BITS);
+    let tiles = layout.slots().div_ceil(THREADS as usize * CHUNK);
+    let mut t = block_idx() as usize;
+    while t < tiles {
+        let pos = ChunkPos::new(t * THREADS as usize + thread_idx() as usize, len, layout.slots());
+        if pos.valid > 0 {
+            // SAFETY: caller contract: a blob of `layout`, `len` output elements.
+            unsafe {
+                let x = decode_chunk::<E, BITS>(&fetch_chunk::<BITS>(blob, pos.index, &layout, group_size.trailing_zeros()));
+                store_elements::<E>(output.add(pos.index * CHUNK), pos.valid, &x);
+            }
+        }
+        t += grid_dim() as usize;
+    }
+}
+
+macro_rules! codec_kernels {
+    ($($quantize:ident, $dequantize:ident => $elem:ty;)*) => {$(
+        /// Quantizes `len` elements into a blob of `bits` bits (4, 6, 8) and
+        /// groups of `group_size` (32..256).
+        ///
+        /// # Safety
+        /// `input` holds `len` elements, 16-byte aligned; `blob` has room for
+        /// `ShardLayout::new(ceil(len / group_size), group_size, bits)`, 16-byte aligned.
+        #[no_mangle]
+        pub unsafe extern "ptx-kernel" fn $quantize(input: *const u16, len: u64, group_size: u32, bits: u32, blob: *mut u8) {
+            // SAFETY: forwarded caller contract.
+            unsafe {
+                match bits {
+                    8 => quantize::<$elem, 8>(input, len as usize, group_size, blob),
+                    6 => quantize::<$elem, 6>(input, len as usize, group_size, blob),
+                    _ => quantize::<$elem, 4>(input, len as usize, group_size, blob),
+                }
+            }
+        }
+
+        /// Decodes a blob written by the matching quantize kernel.
+        ///
+        /// # Safety
+        /// As the quantize kernel, with `output` holding `len` elements.
+        #[no_mangle]
+        pub unsafe extern "ptx-kernel" fn $dequantize(blob: *const u8, len: u64, group_size: u32, bits: u32, output: *mut u16) {
+            // SAFETY: forwarded caller contract.
+            unsafe {
+                match bits {
+                    8 => dequantize::<$elem, 8>(blob, len as usize, group_size, output),
+                    6 => dequantize::<$elem, 6>(blob, len as usize, group_size, output),
+                    _ => dequantize::<$elem, 4>(blob, len as usize, group_size, output),
+                }
+            }
+        }
+    )*};
+}
+
+codec_kernels! {
+    codec_quantize_bf16, codec_dequantize_bf16 => Bf16;
+    codec_quantize_f16, codec_dequantize_f16 => F16;
+}

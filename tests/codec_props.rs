@@ -1,0 +1,197 @@
+//! Property tests of the shared codec (CPU): conversions, round-trip error
+//! bound, edge cases, the non-finite rule, and packing.
+use flashcomm::device::codec::{float, levels, Bf16, Element, PackedChunk, F16, CHUNK, GROUP_SIZES};
+use flashcomm::reference::{dequantize_blob, group_params, quantize_blob, round_trip_group};
+use flashcomm::Bits;
+use half::{bf16, f16};
+use proptest::prelude::*;
+
+#[test]
+fn f16_widening_matches_half_for_every_value() {
+    for bits in 0..=u16::MAX {
+        let ours = float::f16_to_f32(bits);
+        let theirs = f16::from_bits(bits).to_f32();
+        assert!(ours.to_bits() == theirs.to_bits() || (ours.is_nan() && theirs.is_nan()), "f16 {bits:#06x}");
+    }
+}
+
+fn check_narrowing(x: f32) {
+    let ours = F16::from_f32(x);
+    let theirs = f16::from_f32(x).to_bits();
+    if x.is_nan() {
+        assert_eq!(ours, 0x7E00, "f16 NaN must be canonical");
+    } else {
+        assert_eq!(ours, theirs, "f32 {x:e} ({:#010x}) -> f16", x.to_bits());
+    }
+    let ours = Bf16::from_f32(x);
+    let theirs = bf16::from_f32(x).to_bits();
+    if x.is_nan() {
+        assert_eq!(ours, 0x7FC0, "bf16 NaN must be canonical");
+    } else {
+        assert_eq!(ours, theirs, "f32 {x:e} ({:#010x}) -> bf16", x.to_bits());
+    }
+}
+
+#[test]
+fn narrowing_edge_values_match_half() {
+    let specials = [
+        0.0f32, -0.0, 1.0, -1.0, 65504.0, 65519.99, 65520.0, 65536.0, -65520.0, 6.0e-8, 5.96e-8, 2.98e-8, 2.99e-8,
+        6.1035156e-5, 6.1e-5, f32::MAX, f32::MIN, f32::MIN_POSITIVE, 1e-45, f32::INFINITY, f32::NEG_INFINITY, f32::NAN,
+        3.3895314e38, 3.3895315e38, 3.4e38,
+    ];
+    for x in specials {
+        check_narrowing(x);
+    }
+    // Every f16 rounding boundary and its neighbours.
+    for h in 0..0x7C00u32 {
+        let lo = f16::from_bits(h as u16).to_f32() as f64;
+        let hi = f16::from_bits(h as u16 + 1).to_f32() as f64;
+        let mid = ((lo + hi) / 2.0) as f32;
+        for x in [mid, f32::from_bits(mid.to_bits() + 1), f32::from_bits(mid.to_bits().saturating_sub(1))] {
+            check_narrowing(x);
+            check_narrowing(-x);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(20_000))]
+    #[test]
+    fn narrowing_matches_half_on_random_bits(bits in any::<u32>()) {
+        check_narrowing(f32::from_bits(bits));
+    }
+}
+
+/// Groups of f32 values drawn from the distributions the issue lists.
+fn group_values() -> impl Strategy<Value = Vec<f32>> {
+    let len = 1usize..=256;
+    prop_oneof![
+        // Normal-ish, various scales and offsets.
+        (len.clone(), -30i32..30, -1.0f32..1.0).prop_flat_map(|(n, e, off)| {
+            let scale = 2f32.powi(e);
+            proptest::collection::vec(-1.0f32..1.0, n).prop_map(move |v| v.iter().map(|x| (x + off) * scale).collect())
+        }),
+        // Constant group.
+        (len.clone(), any::<f32>().prop_filter("finite", |x| x.is_finite()))
+            .prop_map(|(n, c)| vec![bf16::from_f32(c).to_f32(); n]),
+        // Signed zeros.
+        (len.clone(), proptest::collection::vec(any::<bool>(), 256))
+            .prop_map(|(n, s)| (0..n).map(|i| if s[i] { -0.0 } else { 0.0 }).collect()),
+        // f16 subnormals and tiny values.
+        proptest::collection::vec(-1024i32..1024, 1..=256).prop_map(|v| v.iter().map(|&k| k as f32 * 5.9604645e-8).collect()),
+        // bf16 subnormals.
+        proptest::collection::vec(-127i32..127, 1..=256).prop_map(|v| v.iter().map(|&k| k as f32 * 9.18355e-41).collect()),
+        // Near the f16 maximum, mixed signs.
+        proptest::collection::vec(-65504.0f32..65504.0, 1..=256),
+        // Large bf16 values: the whole range, mixed signs (scale overflow check).
+        proptest::collection::vec(any::<u16>(), 1..=256).prop_map(|v| v
+            .iter()
+            .map(|&b| bf16::from_bits(b & 0x7F7F | (b & 0x8000)).to_f32())
+            .filter(|x| x.is_finite())
+            .chain([3.3895314e38, -3.3895314e38])
+            .collect()),
+    ]
+}
+
+fn bits_strategy() -> impl Strategy<Value = Bits> {
+    prop_oneof![Just(Bits::B4), Just(Bits::B6), Just(Bits::B8)]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+    /// Every element decodes within half a step (plus f32 rounding of the
+    /// parameters) of its value; the step is the analytic (max-min)/(2^b-1).
+    #[test]
+    fn round_trip_within_half_a_step(values in group_values(), bits in bits_strategy()) {
+        let params = group_params(&values, bits);
+        let (mn, mx) = values.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        prop_assert!(params.is_finite(), "finite group must give finite parameters: {params:?}");
+        let half_step = (mx as f64 - mn as f64) / (2.0 * levels(bits.bits()) as f64);
+        prop_assert!((params.half_step as f64) <= half_step * (1.0 + 2f64.powi(-20)) + 1e-45,
+            "stored half step {} exceeds the analytic {half_step}", params.half_step);
+        let mut decoded = values.clone();
+        round_trip_group(&mut decoded, bits);
+        let slack = 2f64.powi(-21) * (mn.abs() as f64 + mx.abs() as f64) + 2f64.powi(-148);
+        for (&x, &y) in values.iter().zip(&decoded) {
+            prop_assert!(y.is_finite(), "finite input {x:e} decoded to {y:e}");
+            let err = (x as f64 - y as f64).abs();
+            prop_assert!(err <= half_step * (1.0 + 2f64.powi(-12)) + slack,
+                "|{x:e} - {y:e}| = {err:e} > half step {half_step:e} (+{slack:e}), bits {bits:?}");
+        }
+    }
+
+    /// Codes round-trip through every packing; packing is a bijection on its domain.
+    #[test]
+    fn pack_unpack_is_a_bijection(codes in proptest::collection::vec(any::<u32>(), CHUNK), words in any::<[u32; 5]>(), bits in bits_strategy()) {
+        let b = bits.bits();
+        let mut c = [0u32; CHUNK];
+        for (d, s) in c.iter_mut().zip(&codes) { *d = s & levels(b); }
+        prop_assert_eq!(PackedChunk::pack(&c, b).unpack(b), c);
+        let mut p = PackedChunk { primary: [words[0], words[1], words[2], words[3]], secondary: words[4] };
+        if b != 8 { p.primary[2] = 0; p.primary[3] = 0; }
+        if b != 6 { p.secondary = 0; }
+        prop_assert_eq!(PackedChunk::pack(&p.unpack(b), b), p);
+    }
+
+    /// The blob codec (what the GPU kernels write) decodes to exactly the
+    /// per-group round trip, for every width, group size and length.
+    #[test]
+    fn blob_round_trip_equals_group_round_trip(seed in any::<u64>(), len in 1usize..2000, g in 0usize..4, bits in bits_strategy()) {
+        let group_size = GROUP_SIZES[g] as usize;
+        let mut rng = flashcomm::synth::Rng::new(seed);
+        let input: Vec<bf16> = (0..len).map(|_| bf16::from_f64(rng.normal() * 3.0)).collect();
+        let blob = quantize_blob(&input, bits, group_size).unwrap();
+        let out: Vec<bf16> = dequantize_blob(&blob, len, bits, group_size).unwrap();
+        for (k, chunk) in input.chunks(group_size).enumerate() {
+            let mut v: Vec<f32> = chunk.iter().map(|x| x.to_f32()).collect();
+            round_trip_group(&mut v, bits);
+            for (j, &y) in v.iter().enumerate() {
+                prop_assert_eq!(out[k * group_size + j].to_bits(), bf16::from_f32(y).to_bits());
+            }
+        }
+    }
+}
+
+#[test]
+fn constant_group_decodes_exactly() {
+    for bits in Bits::ALL {
+        for c in [0.0f32, -0.0, 1.5, -3.25e-5, 65504.0, 3.3895314e38, -3.3895314e38, 1e-40] {
+            let mut v = vec![c; 77];
+            round_trip_group(&mut v, bits);
+            assert!(v.iter().all(|&y| y == c), "constant {c:e} with {bits:?}");
+        }
+    }
+}
+
+#[test]
+fn non_finite_values_poison_only_their_group() {
+    let group_size = 64;
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        for bits in Bits::ALL {
+            let mut input: Vec<bf16> = (0..256).map(|i| bf16::from_f32((i as f32 * 0.37).sin())).collect();
+            let clean: Vec<bf16> = dequantize_blob(&quantize_blob(&input, bits, group_size).unwrap(), 256, bits, group_size).unwrap();
+            input[70] = bf16::from_f32(bad);
+            let out: Vec<bf16> = dequantize_blob(&quantize_blob(&input, bits, group_size).unwrap(), 256, bits, group_size).unwrap();
+            for i in 0..256 {
+                if (64..128).contains(&i) {
+                    assert_eq!(out[i].to_bits(), 0x7FC0, "element {i} of the poisoned group must be the canonical NaN");
+                } else {
+                    assert_eq!(out[i].to_bits(), clean[i].to_bits(), "element {i} outside the group changed");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn extreme_bf16_group_does_not_overflow() {
+    let values = [3.3895314e38f32, -3.3895314e38, 1.0, -2.5e38];
+    for bits in Bits::ALL {
+        let p = group_params(&values, bits);
+        assert!(p.center.is_finite() && p.half_step.is_finite() && p.half_step > 0.0, "{p:?}");
+        let mut v = values.to_vec();
+        round_trip_group(&mut v, bits);
+        assert!(v.iter().all(|y| y.is_finite()), "{v:?}");
+        assert!((v[0] as f64 - values[0] as f64).abs() <= p.half_step as f64 * 1.001);
+    }
+}

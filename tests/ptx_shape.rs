@@ -1,0 +1,26 @@
+//! Checks on the embedded PTX that need no GPU.
+use flashcomm::{kernels, KERNELS};
+
+#[test]
+fn kernel_names_are_in_the_ptx() {
+    for name in kernels::all() {
+        assert!(KERNELS.ptx.contains(&format!(".entry {name}(")), "kernel {name} missing from the PTX");
+    }
+}
+
+#[test]
+fn ptx_is_self_contained_and_uses_the_intended_instructions() {
+    let ptx = KERNELS.ptx;
+    assert!(!ptx.contains(".extern .func"), "a core routine was not inlined");
+    assert!(!ptx.contains(".local"), "a kernel spills arrays to local memory");
+    assert!(ptx.contains(".target sm_80"), "one fixed target, sm_80");
+    // 16-byte accesses on the hot paths, L2-only loads for peer data.
+    assert!(ptx.contains("ld.global.v4.u32") && ptx.contains("st.global.v4.u32") && ptx.contains("ld.global.cg.v4.u32"));
+    // Flags: release/acquire at system scope.
+    assert!(ptx.contains("st.release.sys.global.u32") && ptx.contains("ld.acquire.sys.global.u32"));
+    // No contraction: the GPU must round like the host reference.
+    assert!(!ptx.contains("fma.rn.f32") && !ptx.contains("mad.f32"), "FP contraction found");
+    assert!(!ptx.contains("mul.f32 ") && !ptx.contains("add.f32 "), "mul/add without .rn may be fused by ptxas");
+    assert!(!ptx.contains(".ftz"), "flush-to-zero would break subnormal bit-exactness");
+    assert!(!ptx.contains("ld.global.nc"), "non-coherent loads are not allowed on peer-written memory");
+}
