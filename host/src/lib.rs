@@ -20,6 +20,8 @@ pub mod codec_gpu;
 pub mod comm;
 pub mod device;
 pub mod kernels;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod raw;
 
 pub use comm::{CallOptions, Communicator, Plan};

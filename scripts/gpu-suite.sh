@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The GPU suite in one command per side.
+#
+#   scripts/gpu-suite.sh stage            # here: build release test/bench/main binaries into .gpu-stage/
+#   scripts/gpu-suite.sh remote [WHAT..]  # on the GPU host (repo root): run them; WHAT = tests | bench | bench-full | main
+#
+# With the device tool: stage, then run
+#   bash scripts/gpu-suite.sh remote tests bench     (carry: [".gpu-stage"])
+# Logs and results go to $OUT (or .gpu-out/ without it).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+stage="$root/.gpu-stage"
+cmd="${1:-help}"
+shift || true
+
+case "$cmd" in
+stage)
+  cd "$root"
+  rm -rf "$stage"
+  mkdir -p "$stage"
+  exes=$(cargo test --release --no-run --message-format=json 2>/dev/null \
+    | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p')
+  for e in $exes; do
+    case "$(basename "$e")" in gpu-*) cp "$e" "$stage/gpu-tests" ;; esac
+  done
+  cargo build --release --bins --benches --message-format=json 2>/dev/null \
+    | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | while read -r e; do
+      case "$(basename "$e")" in
+        flashcomm) cp "$e" "$stage/flashcomm" ;;
+        allreduce-*) cp "$e" "$stage/bench-allreduce" ;;
+      esac
+    done
+  cp target/nvptx-kernels/nvptx64-nvidia-cuda/release/flashcomm_kernels.ptx "$stage/"
+  ls -la "$stage"
+  ;;
+remote)
+  cd "$root"
+  out="${OUT:-$root/.gpu-out}"
+  mkdir -p "$out"
+  # NVLink multicast stays off (it can take shared GPUs out of service).
+  export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+  # cudarc loads libnccl.so; the hosts ship libnccl.so.2 inside Python's nvidia-nccl.
+  if nccl_dir=$(python3 -c 'import nvidia.nccl,os;print(os.path.join(nvidia.nccl.__path__[0],"lib"))' 2>/dev/null); then
+    mkdir -p /tmp/flashcomm-nccl && ln -sf "$nccl_dir/libnccl.so.2" /tmp/flashcomm-nccl/libnccl.so
+    export LD_LIBRARY_PATH="/tmp/flashcomm-nccl:$nccl_dir:${LD_LIBRARY_PATH:-}"
+  fi
+  ngpu=$(nvidia-smi -L | wc -l)
+  {
+    date -u; hostname; nvidia-smi --query-gpu=index,name,driver_version,clocks.sm,clocks.mem --format=csv
+    nvidia-smi topo -m
+  } > "$out/host.txt" 2>&1 || true
+  cat "$out/host.txt"
+  status=0
+  for what in "${@:-tests}"; do
+    case "$what" in
+      tests)
+        REQUIRE_GPU="$ngpu" timeout 900 "$stage/gpu-tests" --test-threads=1 ${GPU_TEST_FILTER:-} 2>&1 \
+          | tee "$out/gpu-tests.log" || status=1 ;;
+      bench)
+        timeout 900 "$stage/bench-allreduce" --out "$out" ${BENCH_ARGS:-} 2>&1 | tee "$out/bench.log" || status=1 ;;
+      main)
+        timeout 600 "$stage/flashcomm" 2>&1 | tee "$out/main.log" || status=1 ;;
+      *) echo "unknown step $what"; status=2 ;;
+    esac
+  done
+  exit $status
+  ;;
+*)
+  sed -n '2,10p' "$0"
+  ;;
+esac

@@ -1,0 +1,297 @@
+//! Multi-GPU all-reduce against the CPU reference reducer, bit for bit.
+use crate::common::*;
+use flashcomm::device::codec::GROUP_SIZES;
+use flashcomm::reference::reference_all_reduce;
+use flashcomm::synth::Rng;
+use flashcomm::{Algorithm, Bits, CallOptions, Communicator, Config, HostElement, Quantization, KERNELS};
+use half::{bf16, f16};
+use std::collections::BTreeMap;
+
+fn communicator(world: usize, config: Config) -> Result<Communicator, libtest_mimic::Failed> {
+    let devices: Vec<usize> = (0..world).collect();
+    ctx(Communicator::new(&devices, config, &KERNELS), &format!("create a communicator on {devices:?}"))
+}
+
+fn worlds() -> Vec<usize> {
+    (2..=flashcomm::gpu_count().min(4)).collect()
+}
+
+/// One all-reduce on `comm`, checked against the reference on every rank.
+fn check_case<T: HostElement>(comm: &Communicator, inputs: &[Vec<T>], opts: &CallOptions, in_place: bool, what: &str) -> TestResult {
+    let len = inputs[0].len();
+    let quant = match comm.plan(len, T::DTYPE, opts) {
+        Ok(flashcomm::Plan::TwoShot(q)) => q,
+        Ok(flashcomm::Plan::OneShot) => Quantization::None,
+        Err(e) => return Err(format!("{what}: plan: {e}").into()),
+    };
+    let refs: Vec<&[T]> = inputs.iter().map(|v| v.as_slice()).collect();
+    let expected = ctx(reference_all_reduce(&refs, &quant), "reference")?;
+    let outputs = if in_place {
+        let mut bufs = upload(comm, inputs)?;
+        ctx(comm.all_reduce_in_place_with(&mut bufs, opts), what)?;
+        ctx(comm.synchronize(), what)?;
+        download(comm, &bufs)?
+    } else {
+        let d_in = upload(comm, inputs)?;
+        let mut d_out = poisoned::<T>(comm, len)?;
+        ctx(comm.all_reduce_with(&d_in, &mut d_out, opts), what)?;
+        ctx(comm.synchronize(), what)?;
+        let after = download(comm, &d_in)?;
+        if after.iter().zip(inputs).any(|(a, b)| a.iter().zip(b).any(|(x, y)| x.to_bits() != y.to_bits())) {
+            return Err(format!("{what}: out-of-place call modified its input").into());
+        }
+        download(comm, &d_out)?
+    };
+    compare_bits(&outputs, &expected, what)
+}
+
+fn random_quant(rng: &mut Rng) -> Quantization {
+    let bits = |rng: &mut Rng| Bits::ALL[rng.range(0, 2)];
+    Quantization::Int { rs_bits: bits(rng), ag_bits: bits(rng), group_size: GROUP_SIZES[rng.range(0, 3)] as usize }
+}
+
+/// Random world sizes, lengths (1 to ~4M, log-uniform), element types,
+/// every bit-width pair and group size, the three algorithms, in place and
+/// out of place, five data distributions; outputs poisoned before each call.
+pub fn random_cases_bit_exact() -> TestResult {
+    let seed = seed("allreduce::random_cases_bit_exact");
+    let mut rng = Rng::new(seed);
+    let cases: usize = std::env::var("FLASHCOMM_GPU_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
+    let comms: BTreeMap<usize, Communicator> =
+        worlds().into_iter().map(|w| communicator(w, Config::default()).map(|c| (w, c))).collect::<Result<_, _>>()?;
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for case in 0..cases {
+        let world = *comms.keys().nth(rng.range(0, comms.len() - 1)).unwrap();
+        let comm = &comms[&world];
+        let len = if rng.uniform() < 0.15 { rng.range(1, 3 * 256) } else { (2f64.powf(rng.uniform() * 22.0)) as usize + 1 };
+        let kind = KINDS[rng.range(0, KINDS.len() - 1)];
+        let (algorithm, quantization) = match rng.range(0, 9) {
+            0 => (Algorithm::OneShot, Quantization::None),
+            1 => (Algorithm::TwoShot, Quantization::None),
+            _ => (Algorithm::Flash, random_quant(&mut rng)),
+        };
+        let opts = CallOptions { algorithm: Some(algorithm), quantization: Some(quantization) };
+        let in_place = rng.uniform() < 0.5;
+        let f16_case = rng.uniform() < 0.3;
+        let what = format!(
+            "case {case}: W={world} len={len} {} {algorithm:?} {} {kind:?} {}",
+            if f16_case { "f16" } else { "bf16" },
+            quantization.label(),
+            if in_place { "in-place" } else { "out-of-place" }
+        );
+        if f16_case {
+            let inputs = make_inputs::<f16>(&mut rng, kind, world, len);
+            check_case(comm, &inputs, &opts, in_place, &what)?;
+        } else {
+            let inputs = make_inputs::<bf16>(&mut rng, kind, world, len);
+            check_case(comm, &inputs, &opts, in_place, &what)?;
+        }
+        *counts.entry(format!("W={world} {algorithm:?}")).or_default() += 1;
+    }
+    println!("allreduce::random_cases_bit_exact: {cases} cases bit-identical on every rank: {counts:?}");
+    Ok(())
+}
+
+/// Many calls on one communicator with changing sizes and configurations
+/// (epoch logic), including messages several times the staging capacity.
+pub fn consecutive_calls_and_pieces() -> TestResult {
+    let world = flashcomm::gpu_count().min(4);
+    let config = Config { max_piece_elems: 1 << 16, ..Config::default() };
+    let comm = communicator(world, config)?;
+    let mut rng = Rng::new(seed("allreduce::consecutive_calls_and_pieces"));
+    let sizes = [1000usize, 300_001, 17, 65_536, 65_537, 200_000, 1, 4096, 1_000_000, 123];
+    for round in 0..3 {
+        for (i, &len) in sizes.iter().enumerate() {
+            let (algorithm, quantization) = match (i + round) % 4 {
+                0 => (Algorithm::OneShot, Quantization::None),
+                1 => (Algorithm::TwoShot, Quantization::None),
+                2 => (Algorithm::Flash, random_quant(&mut rng)),
+                _ => (Algorithm::Auto, Quantization::INT6),
+            };
+            let opts = CallOptions { algorithm: Some(algorithm), quantization: Some(quantization) };
+            let inputs = make_inputs::<bf16>(&mut rng, DataKind::Activations, world, len);
+            check_case(&comm, &inputs, &opts, i % 2 == 0, &format!("round {round} call {i}: len {len} {algorithm:?} {}", quantization.label()))?;
+        }
+    }
+    println!("allreduce::consecutive_calls_and_pieces: 30 calls (pieces of 65536) bit-identical");
+    Ok(())
+}
+
+/// The unquantized modes equal the rank-ordered f32 sum rounded to the type,
+/// computed here independently with the `half` crate.
+pub fn unquantized_is_rank_ordered_sum() -> TestResult {
+    let mut rng = Rng::new(seed("allreduce::unquantized_is_rank_ordered_sum"));
+    for world in worlds() {
+        let comm = communicator(world, Config::default())?;
+        for algorithm in [Algorithm::OneShot, Algorithm::TwoShot] {
+            for len in [1usize, 100, 4097, 1 << 20] {
+                let inputs = make_inputs::<bf16>(&mut rng, DataKind::Normal, world, len);
+                let d_in = upload(&comm, &inputs)?;
+                let mut d_out = poisoned::<bf16>(&comm, len)?;
+                let opts = CallOptions { algorithm: Some(algorithm), quantization: Some(Quantization::None) };
+                ctx(comm.all_reduce_with(&d_in, &mut d_out, &opts), "all_reduce")?;
+                ctx(comm.synchronize(), "synchronize")?;
+                let expected: Vec<bf16> = (0..len)
+                    .map(|i| {
+                        let mut acc = inputs[0][i].to_f32();
+                        for x in &inputs[1..] {
+                            acc += x[i].to_f32();
+                        }
+                        bf16::from_f32(acc)
+                    })
+                    .collect();
+                compare_bits(&download(&comm, &d_out)?, &expected, &format!("W={world} {algorithm:?} len {len}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Engines with one thread per GPU: each rank issues its own calls.
+pub fn per_rank_calls_from_threads() -> TestResult {
+    let world = flashcomm::gpu_count().min(4);
+    let comm = communicator(world, Config { quantization: Quantization::INT8, ..Config::default() })?;
+    let mut rng = Rng::new(seed("allreduce::per_rank_calls_from_threads"));
+    let lens = [5000usize, 1 << 20, 77, 3 << 20];
+    let inputs: Vec<Vec<Vec<bf16>>> = lens.iter().map(|&len| make_inputs::<bf16>(&mut rng, DataKind::Activations, world, len)).collect();
+    let mut bufs: Vec<Vec<cudarc::driver::CudaSlice<bf16>>> = inputs.iter().map(|inp| upload(&comm, inp)).collect::<Result<_, _>>()?;
+    // bufs[call][rank] -> per rank: its buffer of each call.
+    let mut per_rank: Vec<Vec<cudarc::driver::CudaSlice<bf16>>> = (0..world).map(|_| Vec::new()).collect();
+    for call in bufs.iter_mut() {
+        for (r, b) in call.drain(..).enumerate() {
+            per_rank[r].push(b);
+        }
+    }
+    let comm_ref = &comm;
+    let results: Vec<Result<(), String>> = std::thread::scope(|s| {
+        per_rank
+            .iter_mut()
+            .enumerate()
+            .map(|(r, mine)| {
+                s.spawn(move || -> Result<(), String> {
+                    for b in mine.iter_mut() {
+                        comm_ref.all_reduce_rank_in_place(r, b, &CallOptions::default()).map_err(|e| e.to_string())?;
+                    }
+                    comm_ref.synchronize_rank(r).map_err(|e| e.to_string())
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect()
+    });
+    for (r, res) in results.into_iter().enumerate() {
+        res.map_err(|e| format!("rank {r}: {e}"))?;
+    }
+    for (call, len) in lens.iter().enumerate() {
+        let q = match ctx(comm.plan(*len, flashcomm::Dtype::Bf16, &CallOptions::default()), "plan")? {
+            flashcomm::Plan::TwoShot(q) => q,
+            flashcomm::Plan::OneShot => Quantization::None,
+        };
+        let refs: Vec<&[bf16]> = inputs[call].iter().map(|v| v.as_slice()).collect();
+        let expected = ctx(reference_all_reduce(&refs, &q), "reference")?;
+        let outs: Vec<Vec<bf16>> = (0..world).map(|r| ctx(ctx(comm.stream(r), "stream")?.clone_dtoh(&per_rank[r][call]), "download")).collect::<Result<_, _>>()?;
+        compare_bits(&outs, &expected, &format!("per-rank call {call} len {len} ({})", q.label()))?;
+    }
+    Ok(())
+}
+
+/// The raw pointer entry point on the caller's own streams, and its checks.
+pub fn raw_entry_point() -> TestResult {
+    use cudarc::driver::{DevicePtr, DevicePtrMut};
+    let world = flashcomm::gpu_count().min(4);
+    let comm = communicator(world, Config { quantization: Quantization::INT4, algorithm: Algorithm::Flash, ..Config::default() })?;
+    let mut rng = Rng::new(seed("allreduce::raw_entry_point"));
+    let len = 777_777;
+    let inputs = make_inputs::<bf16>(&mut rng, DataKind::Activations, world, len);
+    let mut d_out = poisoned::<bf16>(&comm, len)?;
+    let d_in = upload(&comm, &inputs)?;
+    let user_streams: Vec<_> = (0..world).map(|r| ctx(ctx(comm.context(r), "ctx")?.new_stream(), "new_stream")).collect::<Result<_, _>>()?;
+    for r in 0..world {
+        let s = &user_streams[r];
+        let (src, _g1) = d_in[r].device_ptr(s);
+        let (dst, _g2) = d_out[r].device_ptr_mut(s);
+        // SAFETY: both buffers live on rank r's GPU with `len` elements and
+        // outlive the collective (we synchronise below).
+        unsafe {
+            ctx(comm.all_reduce_raw(r, src, dst, len, flashcomm::Dtype::Bf16, s.cu_stream(), &CallOptions::default()), "all_reduce_raw")?;
+            let misaligned = comm.all_reduce_raw(r, src + 2, dst, 16, flashcomm::Dtype::Bf16, s.cu_stream(), &CallOptions::default());
+            if !matches!(misaligned, Err(flashcomm::Error::Misaligned { .. })) {
+                return Err(format!("misaligned input was not refused: {misaligned:?}").into());
+            }
+            let overlap = comm.all_reduce_raw(r, src, src + 32, 64, flashcomm::Dtype::Bf16, s.cu_stream(), &CallOptions::default());
+            if !matches!(overlap, Err(flashcomm::Error::InvalidConfig(_))) {
+                return Err(format!("overlapping buffers were not refused: {overlap:?}").into());
+            }
+        }
+    }
+    for s in &user_streams {
+        ctx(s.synchronize(), "user stream")?;
+    }
+    ctx(comm.synchronize(), "synchronize")?;
+    let refs: Vec<&[bf16]> = inputs.iter().map(|v| v.as_slice()).collect();
+    let expected = ctx(reference_all_reduce(&refs, &Quantization::INT4), "reference")?;
+    compare_bits(&download(&comm, &d_out)?, &expected, "raw entry point")
+}
+
+/// Real row-parallel partial sums of SmolLM2-135M (test fixture), through
+/// the GPU, bit for bit.
+pub fn real_activations_bit_exact() -> TestResult {
+    let tensors = match flashcomm_fixture::load() {
+        Some(t) => t,
+        None => return Err("fixture tests/fixtures/smollm2_partials.bin is missing".into()),
+    };
+    let world = flashcomm::gpu_count().min(4);
+    let comm = communicator(world, Config::default())?;
+    let mut checked = 0;
+    for t in tensors.iter().filter(|t| t.world <= world) {
+        let sub = communicator(t.world, Config::default())?;
+        for quantization in [Quantization::None, Quantization::INT8, Quantization::INT6, Quantization::INT4] {
+            let opts = CallOptions {
+                algorithm: Some(if quantization == Quantization::None { Algorithm::TwoShot } else { Algorithm::Flash }),
+                quantization: Some(quantization),
+            };
+            check_case(&sub, &t.partials, &opts, false, &format!("{} {}", t.name, quantization.label()))?;
+            checked += 1;
+        }
+    }
+    drop(comm);
+    println!("allreduce::real_activations_bit_exact: {checked} tensor/config pairs bit-identical");
+    Ok(())
+}
+
+/// The NCCL baseline (through cudarc) works here and agrees with the exact
+/// sum to bf16 accuracy: the benchmark's reference contender is sound.
+pub fn nccl_baseline_agrees() -> TestResult {
+    let world = flashcomm::gpu_count().min(4);
+    if !flashcomm::nccl::available() {
+        return Err("libnccl.so cannot be loaded (set LD_LIBRARY_PATH; see docs/gpu-testing.md)".into());
+    }
+    let comm = communicator(world, Config::default())?;
+    let nccl = ctx(flashcomm::nccl::NcclBaseline::new(&comm), "NCCL init")?;
+    let mut rng = Rng::new(seed("allreduce::nccl_baseline_agrees"));
+    let len = 1 << 20;
+    let inputs = make_inputs::<bf16>(&mut rng, DataKind::Normal, world, len);
+    let mut bufs = upload(&comm, &inputs)?;
+    ctx(nccl.all_reduce_in_place(&mut bufs), "ncclAllReduce")?;
+    ctx(comm.synchronize(), "synchronize")?;
+    let outs = download(&comm, &bufs)?;
+    let refs: Vec<&[bf16]> = inputs.iter().map(|v| v.as_slice()).collect();
+    let exact = flashcomm::reference::exact_sum_f64(&refs);
+    for (r, out) in outs.iter().enumerate() {
+        for i in 0..len {
+            let err = (out[i].to_f32() as f64 - exact[i]).abs();
+            // NCCL's ring rounds to bf16 after every hop: up to W roundings
+            // of partial sums no larger than sum |x|.
+            let tol = world as f64 * 2f64.powi(-8) * inputs.iter().map(|x| (x[i].to_f32() as f64).abs()).sum::<f64>() + 1e-30;
+            if err > tol {
+                return Err(format!("NCCL rank {r} element {i}: {} vs exact {}", out[i], exact[i]).into());
+            }
+        }
+    }
+    Ok(())
+}
+
+mod flashcomm_fixture {
+    pub use crate::common::fixture::load;
+}

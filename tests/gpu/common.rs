@@ -1,0 +1,153 @@
+//! Shared helpers of the GPU suite: data, transfers, comparisons.
+use flashcomm::synth::Rng;
+use flashcomm::{Communicator, HostElement};
+use cudarc::driver::CudaSlice;
+use libtest_mimic::Failed;
+
+/// `Result` of a test body.
+pub type TestResult = Result<(), Failed>;
+
+/// Turns any error into a test failure with context.
+pub fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: &str) -> Result<T, Failed> {
+    r.map_err(|e| Failed::from(format!("{what}: {e}")))
+}
+
+/// The run's seed: `FLASHCOMM_SEED` or the clock; printed so a failure replays.
+pub fn seed(test: &str) -> u64 {
+    let seed = std::env::var("FLASHCOMM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    println!("{test}: seed {seed} (replay with FLASHCOMM_SEED={seed})");
+    seed
+}
+
+/// Kinds of input data the random cases draw from.
+#[derive(Clone, Copy, Debug)]
+pub enum DataKind {
+    /// N(0, 1) bulk with a few large outlier channels, like LLM activations.
+    Activations,
+    /// Plain normal data at a random scale.
+    Normal,
+    /// Runs of constant groups mixed with normal data.
+    ConstantGroups,
+    /// Values near the type's limits (f16: 65504; bf16: 3.4e38 / W).
+    NearLimits,
+    /// Subnormals and tiny values.
+    Subnormal,
+}
+
+pub const KINDS: [DataKind; 5] =
+    [DataKind::Activations, DataKind::Normal, DataKind::ConstantGroups, DataKind::NearLimits, DataKind::Subnormal];
+
+/// Per-rank inputs of `len` elements.
+pub fn make_inputs<T: HostElement>(rng: &mut Rng, kind: DataKind, world: usize, len: usize) -> Vec<Vec<T>> {
+    let max = match T::DTYPE {
+        flashcomm::Dtype::F16 => 65504.0f64,
+        flashcomm::Dtype::Bf16 => 3.3e38,
+    };
+    let hidden = 64 * rng.range(1, 64);
+    let outliers: Vec<usize> = (0..4).map(|_| rng.range(0, hidden - 1)).collect();
+    let scale = 2f64.powi(rng.range(0, 16) as i32 - 8);
+    (0..world)
+        .map(|_| match kind {
+            DataKind::Activations => flashcomm::synth::activations(rng, len, hidden, scale, &outliers),
+            DataKind::Normal => (0..len).map(|_| T::from_f32((rng.normal() * scale) as f32)).collect(),
+            DataKind::ConstantGroups => {
+                let mut v = Vec::with_capacity(len);
+                while v.len() < len {
+                    let run = rng.range(1, 300).min(len - v.len());
+                    if rng.uniform() < 0.5 {
+                        let c = T::from_f32((rng.normal() * scale) as f32);
+                        v.extend(std::iter::repeat_n(c, run));
+                    } else {
+                        v.extend((0..run).map(|_| T::from_f32((rng.normal() * scale) as f32)));
+                    }
+                }
+                v
+            }
+            // Divided by the world size so the f32 sum stays finite; f16
+            // outputs may still round to inf, identically on both sides.
+            DataKind::NearLimits => (0..len).map(|_| T::from_f32(((rng.uniform() * 2.0 - 1.0) * max / world as f64) as f32)).collect(),
+            DataKind::Subnormal => {
+                let tiny = match T::DTYPE {
+                    flashcomm::Dtype::F16 => 5.96e-8,
+                    flashcomm::Dtype::Bf16 => 9.2e-41,
+                };
+                (0..len).map(|_| T::from_f32(((rng.range(0, 2000) as f64 - 1000.0) * tiny) as f32)).collect()
+            }
+        })
+        .collect()
+}
+
+/// Copies per-rank host data to the communicator's GPUs.
+pub fn upload<T: HostElement>(comm: &Communicator, data: &[Vec<T>]) -> Result<Vec<CudaSlice<T>>, Failed> {
+    data.iter()
+        .enumerate()
+        .map(|(r, v)| ctx(ctx(comm.stream(r), "stream")?.clone_htod(v), "upload"))
+        .collect()
+}
+
+/// Per-rank output buffers filled with a NaN poison pattern.
+pub fn poisoned<T: HostElement>(comm: &Communicator, len: usize) -> Result<Vec<CudaSlice<T>>, Failed> {
+    let poison = vec![T::from_bits(0xFFFF); len];
+    (0..comm.world_size()).map(|r| ctx(ctx(comm.stream(r), "stream")?.clone_htod(&poison), "poison")).collect()
+}
+
+/// Copies every rank's buffer back.
+pub fn download<T: HostElement>(comm: &Communicator, bufs: &[CudaSlice<T>]) -> Result<Vec<Vec<T>>, Failed> {
+    bufs.iter()
+        .enumerate()
+        .map(|(r, b)| ctx(ctx(comm.stream(r), "stream")?.clone_dtoh(b), "download"))
+        .collect()
+}
+
+/// Bitwise comparison of every rank's output with the expected bits.
+pub fn compare_bits<T: HostElement>(outputs: &[Vec<T>], expected: &[T], what: &str) -> TestResult {
+    for (r, out) in outputs.iter().enumerate() {
+        if out.len() != expected.len() {
+            return Err(format!("{what}: rank {r} returned {} elements, expected {}", out.len(), expected.len()).into());
+        }
+        let wrong: Vec<usize> = (0..out.len()).filter(|&i| out[i].to_bits() != expected[i].to_bits()).collect();
+        if let Some(&i) = wrong.first() {
+            return Err(format!(
+                "{what}: rank {r}: {} of {} elements differ from the reference; first at {i}: got {:#06x} ({:e}), expected {:#06x} ({:e})",
+                wrong.len(),
+                out.len(),
+                out[i].to_bits(),
+                out[i].to_f32(),
+                expected[i].to_bits(),
+                expected[i].to_f32()
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// The real-activation fixture (row-parallel partial sums of SmolLM2-135M).
+pub mod fixture {
+    use half::bf16;
+
+    /// One tensor of the fixture: `world` per-rank partial sums.
+    pub struct Partials {
+        /// Where it came from (layer and projection).
+        pub name: String,
+        /// Number of ranks the projection was split over.
+        pub world: usize,
+        /// Per-rank partial sums (bf16).
+        pub partials: Vec<Vec<bf16>>,
+    }
+
+    /// Loads the fixture, if present.
+    pub fn load() -> Option<Vec<Partials>> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2_partials.bin");
+        let bytes = std::fs::read(path).ok()?;
+        flashcomm_fixture_format::parse(&bytes)
+    }
+
+    mod flashcomm_fixture_format {
+        pub fn parse(_bytes: &[u8]) -> Option<Vec<super::Partials>> {
+            None
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! GPU test suite (libtest-mimic harness).
+//!
+//! Without enough GPUs each test is listed as *ignored* with its need
+//! ("needs 2+ GPUs"), so a CPU-only `cargo test` shows them in the summary
+//! and never counts them as passed. `REQUIRE_GPU=N` (N >= 1) turns a machine
+//! with fewer than N GPUs into a failure instead.
+//!
+//! Random cases print their seed; `FLASHCOMM_SEED=<seed>` replays a run and
+//! `FLASHCOMM_GPU_CASES=<n>` sets the number of random all-reduce cases.
+mod allreduce;
+mod codec;
+mod common;
+mod failure;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+type TestFn = fn() -> Result<(), Failed>;
+
+fn main() {
+    let args = Arguments::from_args();
+    let gpus = flashcomm::gpu_count();
+    let required: usize = std::env::var("REQUIRE_GPU").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    let tests: &[(&str, usize, TestFn)] = &[
+        ("codec::round_trip_bit_exact", 1, codec::round_trip_bit_exact),
+        ("allreduce::random_cases_bit_exact", 2, allreduce::random_cases_bit_exact),
+        ("allreduce::consecutive_calls_and_pieces", 2, allreduce::consecutive_calls_and_pieces),
+        ("allreduce::unquantized_is_rank_ordered_sum", 2, allreduce::unquantized_is_rank_ordered_sum),
+        ("allreduce::per_rank_calls_from_threads", 2, allreduce::per_rank_calls_from_threads),
+        ("allreduce::raw_entry_point", 2, allreduce::raw_entry_point),
+        ("allreduce::real_activations_bit_exact", 2, allreduce::real_activations_bit_exact),
+        ("allreduce::nccl_baseline_agrees", 2, allreduce::nccl_baseline_agrees),
+        ("failure::watchdog_missing_rank", 2, failure::watchdog_missing_rank),
+        ("failure::mismatched_lengths_detected", 2, failure::mismatched_lengths_detected),
+        ("failure::bad_inputs_fail_before_launch", 2, failure::bad_inputs_fail_before_launch),
+    ];
+    let mut trials: Vec<Trial> = tests
+        .iter()
+        .map(|&(name, need, f)| {
+            let trial = Trial::test(name, move || f());
+            if gpus < need {
+                trial.with_ignored_flag(true).with_kind(format!("needs {need}+ GPUs"))
+            } else {
+                trial
+            }
+        })
+        .collect();
+    if required > 0 {
+        trials.push(Trial::test("gpu_is_available", move || {
+            if gpus >= required {
+                Ok(())
+            } else {
+                Err(format!("REQUIRE_GPU={required} but {gpus} GPU(s) are visible").into())
+            }
+        }));
+    }
+    libtest_mimic::run(&args, trials).exit();
+}
