@@ -72,6 +72,7 @@ fn main() {
     let ptx_path = target_dir.join(TARGET).join("release").join("flashcomm_kernels.ptx");
     let ptx = std::fs::read_to_string(&ptx_path)
         .unwrap_or_else(|e| panic!("the device build produced no PTX at {}: {e}", ptx_path.display()));
+    let ptx = add_launch_bounds(&ptx);
     check_ptx(&ptx);
     std::fs::write(out_dir.join("flashcomm_kernels.ptx"), &ptx).unwrap();
 }
@@ -91,6 +92,35 @@ fn llvm_tools_dir(rustc: &str) -> PathBuf {
         );
     }
     dir
+}
+
+/// Threads per block of every kernel (`flashcomm_kernels::abi::THREADS`;
+/// the host's `ptx_shape` test checks the two agree).
+const THREADS: u32 = 256;
+/// Register cap per thread: 65536 / (THREADS * 4), so four blocks (32 warps)
+/// share an SM: the collectives are latency-bound, and at 64 registers only
+/// one kernel spills (8 bytes, INT8). A hard
+/// `.maxnreg`: ptxas treated `.minnctapersm 2` as a hint and used up to 168
+/// registers (one block per SM). rustc has no `__launch_bounds__`.
+const MAX_REGISTERS: u32 = 64;
+
+/// Inserts `.maxntid` / `.maxnreg` between each entry's parameter list and
+/// its body.
+fn add_launch_bounds(ptx: &str) -> String {
+    let mut out = String::with_capacity(ptx.len() + 4096);
+    let mut in_entry_params = false;
+    for line in ptx.lines() {
+        if line.starts_with(".visible .entry ") {
+            in_entry_params = true;
+        }
+        out.push_str(line);
+        out.push('\n');
+        if in_entry_params && line.trim_start().starts_with(")") {
+            out.push_str(&format!(".maxntid {THREADS}, 1, 1\n.maxnreg {MAX_REGISTERS}\n"));
+            in_entry_params = false;
+        }
+    }
+    out
 }
 
 /// Fails the build on PTX the driver would reject or that lacks a kernel.

@@ -2,7 +2,7 @@
 # The GPU suite in one command per side.
 #
 #   scripts/gpu-suite.sh stage            # here: build release test/bench/main binaries into .gpu-stage/
-#   scripts/gpu-suite.sh remote [WHAT..]  # on the GPU host (repo root): run them; WHAT = tests | bench | bench-full | main
+#   scripts/gpu-suite.sh remote [WHAT..]  # on the GPU host (repo root): run them; WHAT = tests | bench | bench-transports | main
 #
 # With the device tool: stage, then run
 #   bash scripts/gpu-suite.sh remote tests bench     (carry: [".gpu-stage"])
@@ -57,7 +57,15 @@ remote)
         REQUIRE_GPU="$ngpu" timeout 900 "$stage/gpu-tests" --test-threads=1 ${GPU_TEST_FILTER:-} 2>&1 \
           | tee "$out/gpu-tests.log" || status=1 ;;
       bench)
-        timeout 900 "$stage/bench-allreduce" --out "$out" ${BENCH_ARGS:-} 2>&1 | tee "$out/bench.log" || status=1 ;;
+        timeout 900 "$stage/bench-allreduce" --no-progress --out "$out" ${BENCH_ARGS:-} 2>&1 | tee "$out/bench.log" || status=1 ;;
+      bench-phases)
+        mkdir -p "$out/phases"
+        timeout 900 "$stage/bench-allreduce" --no-progress --no-plot --phases --sizes 64M,256M \
+          --out "$out/phases" 2>&1 | tee "$out/phases.log" || status=1 ;;
+      bench-transports)
+        mkdir -p "$out/transports"
+        timeout 900 "$stage/bench-allreduce" --no-progress --no-plot --transports --sizes 1M,16M,64M,256M \
+          --out "$out/transports" 2>&1 | tee "$out/transports.log" || status=1 ;;
       main)
         timeout 600 "$stage/flashcomm" 2>&1 | tee "$out/main.log" || status=1 ;;
       *) echo "unknown step $what"; status=2 ;;

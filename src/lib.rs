@@ -32,3 +32,6 @@ pub use flashcomm_kernels as device;
 
 /// The PTX of every flashcomm kernel, built from `kernels-gpu` by `build.rs`.
 pub static KERNELS: KernelImage = KernelImage { ptx: include_str!(concat!(env!("OUT_DIR"), "/flashcomm_kernels.ptx")) };
+
+#[cfg(feature = "cli")]
+pub mod bench;

@@ -24,3 +24,10 @@ fn ptx_is_self_contained_and_uses_the_intended_instructions() {
     assert!(!ptx.contains(".ftz"), "flush-to-zero would break subnormal bit-exactness");
     assert!(!ptx.contains("ld.global.nc"), "non-coherent loads are not allowed on peer-written memory");
 }
+
+#[test]
+fn every_kernel_carries_the_launch_bounds() {
+    let entries = KERNELS.ptx.matches(".visible .entry ").count();
+    let bounds = format!(".maxntid {}, 1, 1", flashcomm::device::abi::THREADS);
+    assert_eq!(KERNELS.ptx.matches(bounds.as_str()).count(), entries, "build.rs and abi::THREADS disagree");
+}

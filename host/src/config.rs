@@ -141,6 +141,10 @@ pub enum Algorithm {
     TwoShot,
     /// Quantized two-shot (Flash All-Reduce) with [`Config::quantization`].
     Flash,
+    /// NCCL's all-reduce (feature `nccl`, when libnccl loads): the fallback
+    /// `Auto` uses where NCCL measured faster. Not bit-identical to the CPU
+    /// reference (NCCL's own summation order), but identical on all ranks.
+    Nccl,
 }
 
 impl Algorithm {
@@ -151,7 +155,67 @@ impl Algorithm {
             "oneshot" | "one-shot" | "1shot" => Ok(Self::OneShot),
             "twoshot" | "two-shot" | "2shot" => Ok(Self::TwoShot),
             "flash" | "quantized" => Ok(Self::Flash),
-            other => Err(Error::InvalidConfig(format!("unknown algorithm {other:?} (auto, oneshot, twoshot, flash)"))),
+            "nccl" => Ok(Self::Nccl),
+            other => Err(Error::InvalidConfig(format!("unknown algorithm {other:?} (auto, oneshot, twoshot, flash, nccl)"))),
+        }
+    }
+}
+
+/// How one phase of the two-shot crosses the links.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Link {
+    /// Peer loads: the reader fetches from the writer's staging after the barrier.
+    Pull,
+    /// Peer stores: the writer stores into the reader's staging; loads are local.
+    Push,
+}
+
+/// Link direction of each two-shot phase (measured: see docs/benchmarks.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Transport {
+    /// The reduce-scatter step.
+    pub reduce_scatter: Link,
+    /// The all-gather step.
+    pub all_gather: Link,
+}
+
+impl Transport {
+    /// Both phases push (peer stores).
+    pub const PUSH: Self = Self { reduce_scatter: Link::Push, all_gather: Link::Push };
+    /// Both phases pull (peer loads).
+    pub const PULL: Self = Self { reduce_scatter: Link::Pull, all_gather: Link::Pull };
+
+    /// Kernel argument bits (`flashcomm_kernels::abi::Transport`).
+    pub fn bits(&self) -> u32 {
+        use flashcomm_kernels::abi::Transport as T;
+        (if self.reduce_scatter == Link::Push { T::PUSH_REDUCE_SCATTER } else { 0 })
+            | (if self.all_gather == Link::Push { T::PUSH_ALL_GATHER } else { 0 })
+    }
+
+    /// `push`, `pull`, `push-pull` (reduce-scatter first), ...
+    pub fn label(&self) -> String {
+        let l = |k: Link| if k == Link::Push { "push" } else { "pull" };
+        if self.reduce_scatter == self.all_gather {
+            l(self.reduce_scatter).into()
+        } else {
+            format!("{}-{}", l(self.reduce_scatter), l(self.all_gather))
+        }
+    }
+
+    /// Parses `push`, `pull`, `push-pull`, `pull-push`.
+    pub fn parse(text: &str) -> Result<Self> {
+        let one = |t: &str| match t {
+            "push" => Ok(Link::Push),
+            "pull" => Ok(Link::Pull),
+            _ => Err(Error::InvalidConfig(format!("unknown transport {text:?} (push, pull, push-pull, pull-push)"))),
+        };
+        let t = text.trim().to_ascii_lowercase();
+        match t.split_once('-') {
+            Some((a, b)) => Ok(Self { reduce_scatter: one(a)?, all_gather: one(b)? }),
+            None => {
+                let k = one(&t)?;
+                Ok(Self { reduce_scatter: k, all_gather: k })
+            }
         }
     }
 }
@@ -163,6 +227,9 @@ pub struct Thresholds {
     pub oneshot_max_bytes: usize,
     /// Messages from this size use Flash (if quantization is allowed).
     pub flash_min_bytes: usize,
+    /// Unquantized messages from this size use NCCL (if it is loaded and
+    /// [`Config::nccl_fallback`] is set); `usize::MAX`: never.
+    pub nccl_min_bytes: usize,
 }
 
 /// Communicator configuration.
@@ -180,6 +247,12 @@ pub struct Config {
     pub max_piece_elems: usize,
     /// Overrides the measured `Auto` thresholds.
     pub thresholds: Option<Thresholds>,
+    /// Link direction of the two-shot phases.
+    pub transport: Transport,
+    /// Let `Auto` fall back to NCCL where it measured faster (creates NCCL
+    /// communicators at construction when libnccl loads). Turn off for
+    /// results that are bit-identical to the CPU reference at every size.
+    pub nccl_fallback: bool,
 }
 
 impl Default for Config {
@@ -190,6 +263,8 @@ impl Default for Config {
             timeout: Some(Duration::from_millis(200)),
             max_piece_elems: 32 << 20,
             thresholds: None,
+            transport: Transport::PUSH,
+            nccl_fallback: true,
         }
     }
 }
@@ -197,7 +272,7 @@ impl Default for Config {
 impl Config {
     /// Applies environment overrides: `FLASHCOMM_ALGO`, `FLASHCOMM_QUANT`,
     /// `FLASHCOMM_TIMEOUT_MS` (0 = no watchdog), `FLASHCOMM_ONESHOT_MAX_BYTES`,
-    /// `FLASHCOMM_FLASH_MIN_BYTES`.
+    /// `FLASHCOMM_FLASH_MIN_BYTES`, `FLASHCOMM_TRANSPORT` (push, pull, push-pull, pull-push).
     pub fn with_env_overrides(mut self) -> Result<Self> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         let num = |k: &str, v: String| {
@@ -209,6 +284,9 @@ impl Config {
         if let Some(v) = var("FLASHCOMM_QUANT") {
             self.quantization = Quantization::parse(&v)?;
         }
+        if let Some(v) = var("FLASHCOMM_TRANSPORT") {
+            self.transport = Transport::parse(&v)?;
+        }
         if let Some(v) = var("FLASHCOMM_TIMEOUT_MS") {
             let ms = num("FLASHCOMM_TIMEOUT_MS", v)?;
             self.timeout = (ms > 0).then(|| Duration::from_millis(ms as u64));
@@ -216,10 +294,11 @@ impl Config {
         let one = var("FLASHCOMM_ONESHOT_MAX_BYTES").map(|v| num("FLASHCOMM_ONESHOT_MAX_BYTES", v)).transpose()?;
         let flash = var("FLASHCOMM_FLASH_MIN_BYTES").map(|v| num("FLASHCOMM_FLASH_MIN_BYTES", v)).transpose()?;
         if one.is_some() || flash.is_some() {
-            let base = self.thresholds.unwrap_or(Thresholds { oneshot_max_bytes: 0, flash_min_bytes: usize::MAX });
+            let base = self.thresholds.unwrap_or(Thresholds { oneshot_max_bytes: 0, flash_min_bytes: usize::MAX, nccl_min_bytes: usize::MAX });
             self.thresholds = Some(Thresholds {
                 oneshot_max_bytes: one.unwrap_or(base.oneshot_max_bytes),
                 flash_min_bytes: flash.unwrap_or(base.flash_min_bytes),
+                nccl_min_bytes: base.nccl_min_bytes,
             });
         }
         Ok(self)

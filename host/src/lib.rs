@@ -11,7 +11,9 @@ pub mod error;
 pub mod reference;
 pub mod synth;
 
-pub use config::{Algorithm, Bits, Config, Quantization, Thresholds};
+/// The cudarc version flashcomm is built on (allocate buffers with it).
+pub use cudarc;
+pub use config::{Algorithm, Bits, Config, Link, Quantization, Thresholds, Transport};
 pub use element::HostElement;
 pub use error::{Error, Result};
 pub use flashcomm_kernels::codec::Dtype;

@@ -114,12 +114,44 @@ pub struct CollectiveArgs {
     pub world: u32,
     /// Elements per quantization group; shards are whole groups.
     pub group_size: u32,
-    /// Identifies (length, dtype, algorithm, bits, group size) of this call;
-    /// ranks compare tags at the entry barrier.
+    /// Identifies (length, dtype, algorithm, bits, group size, transport) of
+    /// this call; ranks compare tags at the entry barrier.
     pub tag: u32,
+    /// How each two-shot phase crosses the links: [`Transport`] bits.
+    pub transport: u32,
+    /// Explicit padding (keeps the layout obvious on both sides).
+    pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<CollectiveArgs>() == 8 * 3 + 8 * MAX_WORLD * 3 + 16 + 16);
+const _: () = assert!(core::mem::size_of::<CollectiveArgs>() == 8 * 3 + 8 * MAX_WORLD * 3 + 16 + 24);
+
+/// Transport bits of [`CollectiveArgs::transport`].
+///
+/// *Pull* (peer loads): a rank writes only its own staging; the reader loads
+/// across the link after the barrier. *Push* (peer stores): the writer
+/// stores straight into the reader's staging; every load is local.
+/// Buffer roles (slots are `shard_stride` bytes):
+///
+/// | phase | pull | push |
+/// |---|---|---|
+/// | reduce-scatter | rank r writes shard s to its own `staging_in[slot s]`; owner s loads `staging_in(r)[slot s]` | rank r stores shard s into owner s's `staging_in[slot r]`; owner loads its own slots |
+/// | all-gather | owner s writes its own `staging_out[slot s]`; rank r loads `staging_out(s)[slot s]` | owner s stores into every rank's `staging_out[slot s]`; rank r loads its own slots |
+pub struct Transport;
+
+impl Transport {
+    /// The reduce-scatter pushes (peer stores) instead of pulling.
+    pub const PUSH_REDUCE_SCATTER: u32 = 1;
+    /// The all-gather pushes (peer stores) instead of pulling.
+    pub const PUSH_ALL_GATHER: u32 = 2;
+    /// Diagnostics for the benchmark only (results are wrong): skip the data
+    /// work of phase 1 (stage), 2 (reduce) or 3 (gather); barriers still run.
+    /// Timing such variants shows where a call's time goes.
+    pub const DIAG_SKIP_STAGE: u32 = 1 << 8;
+    /// See [`Self::DIAG_SKIP_STAGE`].
+    pub const DIAG_SKIP_REDUCE: u32 = 1 << 9;
+    /// See [`Self::DIAG_SKIP_STAGE`].
+    pub const DIAG_SKIP_GATHER: u32 = 1 << 10;
+}
 
 /// Shard geometry of one call, derived identically on every rank from
 /// `(len, world, group_size)` only, so all ranks launch the same grid and

@@ -3,7 +3,7 @@ use crate::common::*;
 use flashcomm::device::codec::GROUP_SIZES;
 use flashcomm::reference::reference_all_reduce;
 use flashcomm::synth::Rng;
-use flashcomm::{Algorithm, Bits, CallOptions, Communicator, Config, HostElement, Quantization, KERNELS};
+use flashcomm::{Algorithm, Bits, CallOptions, Communicator, Config, HostElement, Link, Quantization, Transport, KERNELS};
 use half::{bf16, f16};
 use std::collections::BTreeMap;
 
@@ -21,7 +21,7 @@ fn check_case<T: HostElement>(comm: &Communicator, inputs: &[Vec<T>], opts: &Cal
     let len = inputs[0].len();
     let quant = match comm.plan(len, T::DTYPE, opts) {
         Ok(flashcomm::Plan::TwoShot(q)) => q,
-        Ok(flashcomm::Plan::OneShot) => Quantization::None,
+        Ok(flashcomm::Plan::OneShot | flashcomm::Plan::Nccl) => Quantization::None,
         Err(e) => return Err(format!("{what}: plan: {e}").into()),
     };
     let refs: Vec<&[T]> = inputs.iter().map(|v| v.as_slice()).collect();
@@ -45,6 +45,11 @@ fn check_case<T: HostElement>(comm: &Communicator, inputs: &[Vec<T>], opts: &Cal
     compare_bits(&outputs, &expected, what)
 }
 
+fn random_transport(rng: &mut Rng) -> Transport {
+    let link = |rng: &mut Rng| if rng.uniform() < 0.5 { Link::Pull } else { Link::Push };
+    Transport { reduce_scatter: link(rng), all_gather: link(rng) }
+}
+
 fn random_quant(rng: &mut Rng) -> Quantization {
     let bits = |rng: &mut Rng| Bits::ALL[rng.range(0, 2)];
     Quantization::Int { rs_bits: bits(rng), ag_bits: bits(rng), group_size: GROUP_SIZES[rng.range(0, 3)] as usize }
@@ -58,7 +63,7 @@ pub fn random_cases_bit_exact() -> TestResult {
     let mut rng = Rng::new(seed);
     let cases: usize = std::env::var("FLASHCOMM_GPU_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
     let comms: BTreeMap<usize, Communicator> =
-        worlds().into_iter().map(|w| communicator(w, Config::default()).map(|c| (w, c))).collect::<Result<_, _>>()?;
+        worlds().into_iter().map(|w| communicator(w, exact_config()).map(|c| (w, c))).collect::<Result<_, _>>()?;
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for case in 0..cases {
         let world = *comms.keys().nth(rng.range(0, comms.len() - 1)).unwrap();
@@ -70,13 +75,15 @@ pub fn random_cases_bit_exact() -> TestResult {
             1 => (Algorithm::TwoShot, Quantization::None),
             _ => (Algorithm::Flash, random_quant(&mut rng)),
         };
-        let opts = CallOptions { algorithm: Some(algorithm), quantization: Some(quantization) };
+        let transport = random_transport(&mut rng);
+        let opts = CallOptions { algorithm: Some(algorithm), quantization: Some(quantization), transport: Some(transport), ..Default::default() };
         let in_place = rng.uniform() < 0.5;
         let f16_case = rng.uniform() < 0.3;
         let what = format!(
-            "case {case}: W={world} len={len} {} {algorithm:?} {} {kind:?} {}",
+            "case {case}: W={world} len={len} {} {algorithm:?} {} {} {kind:?} {}",
             if f16_case { "f16" } else { "bf16" },
             quantization.label(),
+            transport.label(),
             if in_place { "in-place" } else { "out-of-place" }
         );
         if f16_case {
@@ -86,7 +93,7 @@ pub fn random_cases_bit_exact() -> TestResult {
             let inputs = make_inputs::<bf16>(&mut rng, kind, world, len);
             check_case(comm, &inputs, &opts, in_place, &what)?;
         }
-        *counts.entry(format!("W={world} {algorithm:?}")).or_default() += 1;
+        *counts.entry(format!("W={world} {algorithm:?} {}", transport.label())).or_default() += 1;
     }
     println!("allreduce::random_cases_bit_exact: {cases} cases bit-identical on every rank: {counts:?}");
     Ok(())
@@ -96,7 +103,7 @@ pub fn random_cases_bit_exact() -> TestResult {
 /// (epoch logic), including messages several times the staging capacity.
 pub fn consecutive_calls_and_pieces() -> TestResult {
     let world = flashcomm::gpu_count().min(4);
-    let config = Config { max_piece_elems: 1 << 16, ..Config::default() };
+    let config = Config { max_piece_elems: 1 << 16, ..exact_config() };
     let comm = communicator(world, config)?;
     let mut rng = Rng::new(seed("allreduce::consecutive_calls_and_pieces"));
     let sizes = [1000usize, 300_001, 17, 65_536, 65_537, 200_000, 1, 4096, 1_000_000, 123];
@@ -108,7 +115,8 @@ pub fn consecutive_calls_and_pieces() -> TestResult {
                 2 => (Algorithm::Flash, random_quant(&mut rng)),
                 _ => (Algorithm::Auto, Quantization::INT6),
             };
-            let opts = CallOptions { algorithm: Some(algorithm), quantization: Some(quantization) };
+            // Transports change from call to call too (buffer roles swap).
+            let opts = CallOptions { algorithm: Some(algorithm), quantization: Some(quantization), transport: Some(random_transport(&mut rng)), ..Default::default() };
             let inputs = make_inputs::<bf16>(&mut rng, DataKind::Activations, world, len);
             check_case(&comm, &inputs, &opts, i % 2 == 0, &format!("round {round} call {i}: len {len} {algorithm:?} {}", quantization.label()))?;
         }
@@ -122,13 +130,13 @@ pub fn consecutive_calls_and_pieces() -> TestResult {
 pub fn unquantized_is_rank_ordered_sum() -> TestResult {
     let mut rng = Rng::new(seed("allreduce::unquantized_is_rank_ordered_sum"));
     for world in worlds() {
-        let comm = communicator(world, Config::default())?;
+        let comm = communicator(world, exact_config())?;
         for algorithm in [Algorithm::OneShot, Algorithm::TwoShot] {
             for len in [1usize, 100, 4097, 1 << 20] {
                 let inputs = make_inputs::<bf16>(&mut rng, DataKind::Normal, world, len);
                 let d_in = upload(&comm, &inputs)?;
                 let mut d_out = poisoned::<bf16>(&comm, len)?;
-                let opts = CallOptions { algorithm: Some(algorithm), quantization: Some(Quantization::None) };
+                let opts = CallOptions { algorithm: Some(algorithm), quantization: Some(Quantization::None), ..Default::default() };
                 ctx(comm.all_reduce_with(&d_in, &mut d_out, &opts), "all_reduce")?;
                 ctx(comm.synchronize(), "synchronize")?;
                 let expected: Vec<bf16> = (0..len)
@@ -150,7 +158,7 @@ pub fn unquantized_is_rank_ordered_sum() -> TestResult {
 /// Engines with one thread per GPU: each rank issues its own calls.
 pub fn per_rank_calls_from_threads() -> TestResult {
     let world = flashcomm::gpu_count().min(4);
-    let comm = communicator(world, Config { quantization: Quantization::INT8, ..Config::default() })?;
+    let comm = communicator(world, Config { quantization: Quantization::INT8, ..exact_config() })?;
     let mut rng = Rng::new(seed("allreduce::per_rank_calls_from_threads"));
     let lens = [5000usize, 1 << 20, 77, 3 << 20];
     let inputs: Vec<Vec<Vec<bf16>>> = lens.iter().map(|&len| make_inputs::<bf16>(&mut rng, DataKind::Activations, world, len)).collect();
@@ -186,7 +194,7 @@ pub fn per_rank_calls_from_threads() -> TestResult {
     for (call, len) in lens.iter().enumerate() {
         let q = match ctx(comm.plan(*len, flashcomm::Dtype::Bf16, &CallOptions::default()), "plan")? {
             flashcomm::Plan::TwoShot(q) => q,
-            flashcomm::Plan::OneShot => Quantization::None,
+            flashcomm::Plan::OneShot | flashcomm::Plan::Nccl => Quantization::None,
         };
         let refs: Vec<&[bf16]> = inputs[call].iter().map(|v| v.as_slice()).collect();
         let expected = ctx(reference_all_reduce(&refs, &q), "reference")?;
@@ -200,7 +208,7 @@ pub fn per_rank_calls_from_threads() -> TestResult {
 pub fn raw_entry_point() -> TestResult {
     use cudarc::driver::{DevicePtr, DevicePtrMut};
     let world = flashcomm::gpu_count().min(4);
-    let comm = communicator(world, Config { quantization: Quantization::INT4, algorithm: Algorithm::Flash, ..Config::default() })?;
+    let comm = communicator(world, Config { quantization: Quantization::INT4, algorithm: Algorithm::Flash, ..exact_config() })?;
     let mut rng = Rng::new(seed("allreduce::raw_entry_point"));
     let len = 777_777;
     let inputs = make_inputs::<bf16>(&mut rng, DataKind::Activations, world, len);
@@ -237,26 +245,61 @@ pub fn raw_entry_point() -> TestResult {
 /// Real row-parallel partial sums of SmolLM2-135M (test fixture), through
 /// the GPU, bit for bit.
 pub fn real_activations_bit_exact() -> TestResult {
-    let tensors = match flashcomm_fixture::load() {
-        Some(t) => t,
-        None => return Err("fixture tests/fixtures/smollm2_partials.bin is missing".into()),
-    };
-    let world = flashcomm::gpu_count().min(4);
-    let comm = communicator(world, Config::default())?;
+    let tensors = ctx(crate::common::fixture::load(), "load the fixture")?;
+    let world = flashcomm::gpu_count();
     let mut checked = 0;
-    for t in tensors.iter().filter(|t| t.world <= world) {
-        let sub = communicator(t.world, Config::default())?;
-        for quantization in [Quantization::None, Quantization::INT8, Quantization::INT6, Quantization::INT4] {
+    for t in &tensors {
+        if t.world > world {
+            return Err(format!("{} needs {} GPUs", t.name, t.world).into());
+        }
+        let sub = communicator(t.world, exact_config())?;
+        let mut settings = vec![Quantization::None];
+        for &g in &GROUP_SIZES {
+            for (rs, ag) in [(Bits::B8, Bits::B8), (Bits::B4, Bits::B8), (Bits::B6, Bits::B6), (Bits::B4, Bits::B4)] {
+                settings.push(Quantization::Int { rs_bits: rs, ag_bits: ag, group_size: g as usize });
+            }
+        }
+        for quantization in settings {
             let opts = CallOptions {
                 algorithm: Some(if quantization == Quantization::None { Algorithm::TwoShot } else { Algorithm::Flash }),
                 quantization: Some(quantization),
+                ..Default::default()
             };
             check_case(&sub, &t.partials, &opts, false, &format!("{} {}", t.name, quantization.label()))?;
             checked += 1;
         }
     }
-    drop(comm);
     println!("allreduce::real_activations_bit_exact: {checked} tensor/config pairs bit-identical");
+    Ok(())
+}
+
+/// `Auto` with the NCCL fallback on: calls it sends to NCCL give results
+/// identical on every rank and within NCCL's bf16 rounding of the exact sum.
+pub fn auto_nccl_fallback() -> TestResult {
+    let world = flashcomm::gpu_count().min(4);
+    let comm = communicator(world, Config::default())?;
+    if !comm.has_nccl() {
+        return Err("the NCCL fallback did not initialise (libnccl.so on LD_LIBRARY_PATH?)".into());
+    }
+    let mut rng = Rng::new(seed("allreduce::auto_nccl_fallback"));
+    let len = (comm.thresholds().nccl_min_bytes / 2).max(1 << 20);
+    if ctx(comm.plan(len, flashcomm::Dtype::Bf16, &CallOptions::default()), "plan")? != flashcomm::Plan::Nccl {
+        return Err(format!("Auto did not choose NCCL at {len} elements (thresholds {:?})", comm.thresholds()).into());
+    }
+    let inputs = make_inputs::<bf16>(&mut rng, DataKind::Normal, world, len);
+    let mut bufs = upload(&comm, &inputs)?;
+    ctx(comm.all_reduce_in_place(&mut bufs), "auto -> nccl")?;
+    ctx(comm.synchronize(), "synchronize")?;
+    let outs = download(&comm, &bufs)?;
+    compare_bits(&outs[1..], &outs[0], "ranks agree under the NCCL fallback")?;
+    let refs: Vec<&[bf16]> = inputs.iter().map(|v| v.as_slice()).collect();
+    let exact = flashcomm::reference::exact_sum_f64(&refs);
+    for i in 0..len {
+        let tol = world as f64 * 2f64.powi(-8) * inputs.iter().map(|x| (x[i].to_f32() as f64).abs()).sum::<f64>() + 1e-30;
+        if (outs[0][i].to_f32() as f64 - exact[i]).abs() > tol {
+            return Err(format!("element {i}: {} vs exact {}", outs[0][i], exact[i]).into());
+        }
+    }
     Ok(())
 }
 
@@ -267,7 +310,7 @@ pub fn nccl_baseline_agrees() -> TestResult {
     if !flashcomm::nccl::available() {
         return Err("libnccl.so cannot be loaded (set LD_LIBRARY_PATH; see docs/gpu-testing.md)".into());
     }
-    let comm = communicator(world, Config::default())?;
+    let comm = communicator(world, exact_config())?;
     let nccl = ctx(flashcomm::nccl::NcclBaseline::new(&comm), "NCCL init")?;
     let mut rng = Rng::new(seed("allreduce::nccl_baseline_agrees"));
     let len = 1 << 20;
@@ -290,8 +333,4 @@ pub fn nccl_baseline_agrees() -> TestResult {
         }
     }
     Ok(())
-}
-
-mod flashcomm_fixture {
-    pub use crate::common::fixture::load;
 }

@@ -4,6 +4,12 @@ use flashcomm::{Communicator, HostElement};
 use cudarc::driver::CudaSlice;
 use libtest_mimic::Failed;
 
+/// The default configuration without the NCCL fallback: every result must
+/// equal the CPU reference bit for bit.
+pub fn exact_config() -> flashcomm::Config {
+    flashcomm::Config { nccl_fallback: false, ..flashcomm::Config::default() }
+}
+
 /// `Result` of a test body.
 pub type TestResult = Result<(), Failed>;
 
@@ -125,29 +131,5 @@ pub fn compare_bits<T: HostElement>(outputs: &[Vec<T>], expected: &[T], what: &s
 }
 
 /// The real-activation fixture (row-parallel partial sums of SmolLM2-135M).
-pub mod fixture {
-    use half::bf16;
-
-    /// One tensor of the fixture: `world` per-rank partial sums.
-    pub struct Partials {
-        /// Where it came from (layer and projection).
-        pub name: String,
-        /// Number of ranks the projection was split over.
-        pub world: usize,
-        /// Per-rank partial sums (bf16).
-        pub partials: Vec<Vec<bf16>>,
-    }
-
-    /// Loads the fixture, if present.
-    pub fn load() -> Option<Vec<Partials>> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2_partials.bin");
-        let bytes = std::fs::read(path).ok()?;
-        flashcomm_fixture_format::parse(&bytes)
-    }
-
-    mod flashcomm_fixture_format {
-        pub fn parse(_bytes: &[u8]) -> Option<Vec<super::Partials>> {
-            None
-        }
-    }
-}
+#[path = "../support/fixture.rs"]
+pub mod fixture;

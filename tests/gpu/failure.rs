@@ -14,7 +14,7 @@ fn correct_call(comm: &Communicator, rng: &mut Rng, len: usize, what: &str) -> T
     ctx(comm.synchronize(), what)?;
     let q = match ctx(comm.plan(len, flashcomm::Dtype::Bf16, &CallOptions::default()), "plan")? {
         flashcomm::Plan::TwoShot(q) => q,
-        flashcomm::Plan::OneShot => Quantization::None,
+        flashcomm::Plan::OneShot | flashcomm::Plan::Nccl => Quantization::None,
     };
     let refs: Vec<&[bf16]> = inputs.iter().map(|v| v.as_slice()).collect();
     compare_bits(&download(comm, &bufs)?, &ctx(reference_all_reduce(&refs, &q), "reference")?, what)
@@ -26,7 +26,7 @@ fn correct_call(comm: &Communicator, rng: &mut Rng, len: usize, what: &str) -> T
 pub fn watchdog_missing_rank() -> TestResult {
     let world = flashcomm::gpu_count().min(4);
     let timeout = Duration::from_millis(100);
-    let config = Config { timeout: Some(timeout), quantization: Quantization::INT8, ..Config::default() };
+    let config = Config { timeout: Some(timeout), quantization: Quantization::INT8, ..exact_config() };
     let comm = ctx(Communicator::new(&(0..world).collect::<Vec<_>>(), config, &KERNELS), "create")?;
     let mut rng = Rng::new(seed("failure::watchdog_missing_rank"));
     for (algorithm, len) in [(Algorithm::Flash, 1usize << 20), (Algorithm::OneShot, 4096), (Algorithm::TwoShot, 100_000)] {
@@ -63,7 +63,7 @@ pub fn watchdog_missing_rank() -> TestResult {
     }
     // A fresh communicator on the same GPUs also works.
     drop(comm);
-    let fresh = ctx(Communicator::new(&(0..world).collect::<Vec<_>>(), Config::default(), &KERNELS), "create fresh")?;
+    let fresh = ctx(Communicator::new(&(0..world).collect::<Vec<_>>(), exact_config(), &KERNELS), "create fresh")?;
     correct_call(&fresh, &mut rng, 50_000, "fresh communicator")
 }
 
@@ -71,7 +71,7 @@ pub fn watchdog_missing_rank() -> TestResult {
 /// (mismatch or timeout), not a hang or silent garbage.
 pub fn mismatched_lengths_detected() -> TestResult {
     let world = flashcomm::gpu_count().min(4);
-    let config = Config { timeout: Some(Duration::from_millis(100)), ..Config::default() };
+    let config = Config { timeout: Some(Duration::from_millis(100)), ..exact_config() };
     let comm = ctx(Communicator::new(&(0..world).collect::<Vec<_>>(), config, &KERNELS), "create")?;
     let mut rng = Rng::new(seed("failure::mismatched_lengths_detected"));
     let opts = CallOptions { algorithm: Some(Algorithm::TwoShot), ..CallOptions::default() };
@@ -99,7 +99,7 @@ pub fn mismatched_lengths_detected() -> TestResult {
 /// Bad input is refused with a typed error before anything is launched.
 pub fn bad_inputs_fail_before_launch() -> TestResult {
     let world = flashcomm::gpu_count().min(4);
-    let comm = ctx(Communicator::new(&(0..world).collect::<Vec<_>>(), Config::default(), &KERNELS), "create")?;
+    let comm = ctx(Communicator::new(&(0..world).collect::<Vec<_>>(), exact_config(), &KERNELS), "create")?;
     let mut rng = Rng::new(seed("failure::bad_inputs_fail_before_launch"));
     let s = |r: usize| comm.stream(r).unwrap().clone();
     // Lengths differ across ranks.
@@ -119,7 +119,7 @@ pub fn bad_inputs_fail_before_launch() -> TestResult {
     let mut ok: Vec<_> = (0..world).map(|r| s(r).clone_htod(&vec![bf16::ONE; 64]).unwrap()).collect();
     let bad_group = CallOptions { quantization: Some(Quantization::Int { rs_bits: Bits::B8, ag_bits: Bits::B8, group_size: 96 }), ..Default::default() };
     expect(comm.all_reduce_in_place_with(&mut ok, &bad_group), |e| matches!(e, Error::InvalidConfig(_)), "group size 96")?;
-    let flash_none = CallOptions { algorithm: Some(Algorithm::Flash), quantization: Some(Quantization::None) };
+    let flash_none = CallOptions { algorithm: Some(Algorithm::Flash), quantization: Some(Quantization::None), ..Default::default() };
     expect(comm.all_reduce_in_place_with(&mut ok, &flash_none), |e| matches!(e, Error::InvalidConfig(_)), "flash without bits")?;
     expect(comm.all_reduce_rank_in_place(world, &mut ok[0], &CallOptions::default()), |e| matches!(e, Error::NoSuchRank { .. }), "rank out of range")?;
     // Zero length: a no-op that touches nothing.

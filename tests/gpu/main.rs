@@ -29,6 +29,7 @@ fn main() {
         ("allreduce::raw_entry_point", 2, allreduce::raw_entry_point),
         ("allreduce::real_activations_bit_exact", 2, allreduce::real_activations_bit_exact),
         ("allreduce::nccl_baseline_agrees", 2, allreduce::nccl_baseline_agrees),
+        ("allreduce::auto_nccl_fallback", 2, allreduce::auto_nccl_fallback),
         ("failure::watchdog_missing_rank", 2, failure::watchdog_missing_rank),
         ("failure::mismatched_lengths_detected", 2, failure::mismatched_lengths_detected),
         ("failure::bad_inputs_fail_before_launch", 2, failure::bad_inputs_fail_before_launch),

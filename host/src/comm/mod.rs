@@ -17,7 +17,7 @@
 //! the caller's stream and makes the caller's stream wait for it.
 mod tuning;
 
-use crate::config::{Algorithm, Config, Quantization, Thresholds};
+use crate::config::{Algorithm, Config, Quantization, Thresholds, Transport};
 use crate::device::{gpu_count, PeerBuffer};
 use crate::element::HostElement;
 use crate::error::{Error, Result};
@@ -40,6 +40,12 @@ pub struct CallOptions {
     pub algorithm: Option<Algorithm>,
     /// Quantization for this call.
     pub quantization: Option<Quantization>,
+    /// Link direction of the two-shot phases for this call.
+    pub transport: Option<Transport>,
+    /// Benchmark diagnostics only: `flashcomm_kernels::abi::Transport::DIAG_*`
+    /// bits that skip a phase's data work (the result is then wrong).
+    #[doc(hidden)]
+    pub diagnostic_skip: u32,
 }
 
 /// What one call runs, resolved from config, options and size.
@@ -49,6 +55,8 @@ pub enum Plan {
     OneShot,
     /// Two-shot with this quantization (`None` = unquantized two-shot).
     TwoShot(Quantization),
+    /// NCCL's all-reduce (the fallback).
+    Nccl,
 }
 
 impl Plan {
@@ -58,6 +66,7 @@ impl Plan {
             Plan::OneShot => Algorithm::OneShot,
             Plan::TwoShot(Quantization::None) => Algorithm::TwoShot,
             Plan::TwoShot(_) => Algorithm::Flash,
+            Plan::Nccl => Algorithm::Nccl,
         }
     }
 }
@@ -87,6 +96,8 @@ pub struct Communicator {
     shard_stride: usize,
     gpu_name: String,
     poisoned: Mutex<Option<String>>,
+    #[cfg(feature = "nccl")]
+    nccl: Option<crate::nccl::NcclComms>,
 }
 
 impl std::fmt::Debug for Communicator {
@@ -191,7 +202,7 @@ impl Communicator {
                 device,
                 stream: ctx.new_stream()?,
                 staging_in: PeerBuffer::zeroed(ctx, world * shard_stride)?,
-                staging_out: PeerBuffer::zeroed(ctx, shard_stride)?,
+                staging_out: PeerBuffer::zeroed(ctx, world * shard_stride)?,
                 sync: PeerBuffer::zeroed(ctx, sync_area::BYTES)?,
                 ctx: ctx.clone(),
                 _module: module,
@@ -216,6 +227,12 @@ impl Communicator {
 
         let gpu_name = ranks[0].ctx.name()?;
         let thresholds = config.thresholds.unwrap_or_else(|| tuning::builtin(&gpu_name, world));
+        #[cfg(feature = "nccl")]
+        let nccl = if config.nccl_fallback && crate::nccl::available() {
+            crate::nccl::NcclComms::new(ranks.iter().map(|r| r.stream.clone()).collect()).ok()
+        } else {
+            None
+        };
         let comm = Self {
             ranks,
             config,
@@ -224,6 +241,8 @@ impl Communicator {
             shard_stride,
             gpu_name,
             poisoned: Mutex::new(None),
+            #[cfg(feature = "nccl")]
+            nccl,
         };
         comm.probe_peers()?;
         Ok(comm)
@@ -320,6 +339,18 @@ impl Communicator {
         Ok(&self.rank(rank)?.stream)
     }
 
+    /// Whether NCCL communicators exist for the fallback.
+    pub fn has_nccl(&self) -> bool {
+        #[cfg(feature = "nccl")]
+        {
+            self.nccl.is_some()
+        }
+        #[cfg(not(feature = "nccl"))]
+        {
+            false
+        }
+    }
+
     fn rank(&self, rank: usize) -> Result<&Rank> {
         self.ranks.get(rank).ok_or(Error::NoSuchRank { rank, world: self.ranks.len() })
     }
@@ -338,11 +369,20 @@ impl Communicator {
                 }
                 Plan::TwoShot(quant)
             }
+            Algorithm::Nccl => {
+                if !self.has_nccl() {
+                    return Err(Error::Nccl("NCCL is not available to this communicator (feature `nccl`, libnccl.so, Config::nccl_fallback)".into()));
+                }
+                Plan::Nccl
+            }
             Algorithm::Auto => {
-                if bytes <= self.thresholds.oneshot_max_bytes {
+                let t = &self.thresholds;
+                if bytes <= t.oneshot_max_bytes {
                     Plan::OneShot
-                } else if quant != Quantization::None && bytes >= self.thresholds.flash_min_bytes {
+                } else if quant != Quantization::None && bytes >= t.flash_min_bytes {
                     Plan::TwoShot(quant)
+                } else if bytes >= t.nccl_min_bytes && self.has_nccl() {
+                    Plan::Nccl
                 } else {
                     Plan::TwoShot(Quantization::None)
                 }
@@ -389,13 +429,15 @@ impl Communicator {
         if len == 0 {
             return Ok(());
         }
-        for (r, (input, output)) in inputs.iter().zip(outputs.iter_mut()).enumerate() {
-            let stream = &self.ranks[r].stream;
-            let (src, _read) = input.device_ptr(stream);
-            let (dst, _write) = output.device_ptr_mut(stream);
-            self.launch_rank(r, src, dst, len, T::DTYPE, plan)?;
-        }
-        Ok(())
+        self.one_thread_issues_all(plan, || {
+            for (r, (input, output)) in inputs.iter().zip(outputs.iter_mut()).enumerate() {
+                let stream = &self.ranks[r].stream;
+                let (src, _read) = input.device_ptr(stream);
+                let (dst, _write) = output.device_ptr_mut(stream);
+                self.launch_rank(r, src, dst, len, T::DTYPE, plan, opts)?;
+            }
+            Ok(())
+        })
     }
 
     /// In-place all-reduce of `buffers[r]` for every rank, from one call.
@@ -418,11 +460,13 @@ impl Communicator {
         if len == 0 {
             return Ok(());
         }
-        for (r, buf) in buffers.iter_mut().enumerate() {
-            let (ptr, _write) = buf.device_ptr_mut(&self.ranks[r].stream);
-            self.launch_rank(r, ptr, ptr, len, T::DTYPE, plan)?;
-        }
-        Ok(())
+        self.one_thread_issues_all(plan, || {
+            for (r, buf) in buffers.iter_mut().enumerate() {
+                let (ptr, _write) = buf.device_ptr_mut(&self.ranks[r].stream);
+                self.launch_rank(r, ptr, ptr, len, T::DTYPE, plan, opts)?;
+            }
+            Ok(())
+        })
     }
 
     /// One rank's part of an all-reduce, for engines that drive each GPU from
@@ -447,7 +491,7 @@ impl Communicator {
         }
         let (src, _read) = input.device_ptr(&r.stream);
         let (dst, _write) = output.device_ptr_mut(&r.stream);
-        self.launch_rank(rank, src, dst, input.len(), T::DTYPE, plan)
+        self.launch_rank(rank, src, dst, input.len(), T::DTYPE, plan, opts)
     }
 
     /// In-place variant of [`Communicator::all_reduce_rank`].
@@ -461,7 +505,7 @@ impl Communicator {
         }
         let len = buffer.len();
         let (ptr, _write) = buffer.device_ptr_mut(&r.stream);
-        self.launch_rank(rank, ptr, ptr, len, T::DTYPE, plan)
+        self.launch_rank(rank, ptr, ptr, len, T::DTYPE, plan, opts)
     }
 
     /// Raw entry point for engines that manage their own memory: all-reduce
@@ -506,9 +550,20 @@ impl Communicator {
         // SAFETY: caller contract 2 (a live stream of this context).
         let user = unsafe { r.ctx.wrap_borrowed_stream(stream) };
         r.stream.join(&user)?;
-        self.launch_rank(rank, input, output, len, dtype, plan)?;
+        self.launch_rank(rank, input, output, len, dtype, plan, opts)?;
         user.join(&r.stream)?;
         Ok(())
+    }
+
+    /// Runs `f`, which issues every rank's call from this thread; NCCL needs
+    /// a group around such calls.
+    fn one_thread_issues_all(&self, plan: Plan, f: impl FnOnce() -> Result<()>) -> Result<()> {
+        #[cfg(feature = "nccl")]
+        if plan == Plan::Nccl {
+            return crate::nccl::NcclComms::group(f);
+        }
+        let _ = plan;
+        f()
     }
 
     fn check_buffer<T>(&self, rank: usize, buf: &CudaSlice<T>, len: usize) -> Result<()> {
@@ -526,16 +581,30 @@ impl Communicator {
     fn piece_elems(&self, plan: Plan) -> usize {
         match plan {
             // The one-shot stages the whole piece in staging_in, raw.
-            Plan::OneShot => (self.ranks[0].staging_in.bytes() / 2).min(self.config.max_piece_elems) / 256 * 256,
-            Plan::TwoShot(_) => self.config.max_piece_elems / 256 * 256,
+            // Multiples of 512 elements: raw blobs are padded to that (layout docs).
+            Plan::OneShot => (self.ranks[0].staging_in.bytes() / 2).min(self.config.max_piece_elems) / 512 * 512,
+            Plan::TwoShot(_) => self.config.max_piece_elems / 512 * 512,
+            Plan::Nccl => usize::MAX,
         }
     }
 
     /// Queues the kernels of one rank's part of a collective, piece by piece.
-    fn launch_rank(&self, rank: usize, input: u64, output: u64, len: usize, dtype: Dtype, plan: Plan) -> Result<()> {
+    #[allow(clippy::too_many_arguments)]
+    fn launch_rank(&self, rank: usize, input: u64, output: u64, len: usize, dtype: Dtype, plan: Plan, opts: &CallOptions) -> Result<()> {
         let r = &self.ranks[rank];
         let world = self.world_size();
+        if plan == Plan::Nccl {
+            #[cfg(feature = "nccl")]
+            if let Some(nccl) = &self.nccl {
+                let _one_at_a_time = r.launch.lock().unwrap();
+                // SAFETY: callers checked that input/output hold `len`
+                // elements on this rank's GPU and ordered them on its stream.
+                return unsafe { nccl.all_reduce_raw(rank, input, output, len, dtype) };
+            }
+            return Err(Error::Nccl("NCCL is not available to this communicator".into()));
+        }
         let (name, group_size) = match plan {
+            Plan::Nccl => unreachable!("handled above"),
             Plan::OneShot => (kernels::oneshot(dtype), CHUNK),
             Plan::TwoShot(q @ Quantization::None) => (kernels::twoshot(dtype, &q), RAW_SHARD_UNIT),
             Plan::TwoShot(q @ Quantization::Int { group_size, .. }) => (kernels::twoshot(dtype, &q), group_size),
@@ -543,9 +612,10 @@ impl Communicator {
         let func = r.functions.get(&name).ok_or_else(|| Error::MissingKernel { name: name.clone() })?;
         let resident = self.resident_blocks[&name];
         let (rs, ag) = match plan {
-            Plan::OneShot => (16, 16),
             Plan::TwoShot(q) => q.kernel_bits(),
+            _ => (16, 16),
         };
+        let transport = opts.transport.unwrap_or(self.config.transport).bits() | opts.diagnostic_skip;
         let mut args = CollectiveArgs {
             input: 0,
             output: 0,
@@ -559,6 +629,8 @@ impl Communicator {
             world: world as u32,
             group_size: group_size as u32,
             tag: 0,
+            transport,
+            _pad: 0,
         };
         for (i, peer) in self.ranks.iter().enumerate() {
             args.staging_in[i] = peer.staging_in.ptr();
@@ -574,10 +646,10 @@ impl Communicator {
             args.input = input + (start * dtype.size()) as u64;
             args.output = output + (start * dtype.size()) as u64;
             args.len = n as u64;
-            args.tag = fnv1a(&[n as u64, dtype as u64, plan.algorithm() as u64, rs as u64, ag as u64, group_size as u64]);
+            args.tag = fnv1a(&[n as u64, dtype as u64, plan.algorithm() as u64, rs as u64, ag as u64, group_size as u64, transport as u64]);
             let tiles = match plan {
-                Plan::OneShot => n.div_ceil(CHUNK).div_ceil(THREADS as usize),
                 Plan::TwoShot(_) => ShardGeometry::new(n, world, group_size).tiles,
+                _ => n.div_ceil(CHUNK).div_ceil(THREADS as usize),
             };
             let blocks = (tiles.max(1) as u32).min(resident);
             // SAFETY: the context is bound; the kernel takes one CollectiveArgs;

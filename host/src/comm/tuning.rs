@@ -8,7 +8,7 @@ pub fn builtin(gpu_name: &str, world: usize) -> Thresholds {
     let h200 = gpu_name.contains("H200");
     match (h200, world) {
         // Placeholders until the first benchmark run on this model (see docs/benchmarks.md).
-        (true, _) => Thresholds { oneshot_max_bytes: 256 << 10, flash_min_bytes: 2 << 20 },
-        _ => Thresholds { oneshot_max_bytes: 256 << 10, flash_min_bytes: 4 << 20 },
+        (true, _) => Thresholds { oneshot_max_bytes: 256 << 10, flash_min_bytes: 2 << 20, nccl_min_bytes: 2 << 20 },
+        _ => Thresholds { oneshot_max_bytes: 256 << 10, flash_min_bytes: 4 << 20, nccl_min_bytes: 2 << 20 },
     }
 }

@@ -17,7 +17,11 @@
 //! parameters sit at `params_offset() + 8g`. All numbers are little-endian.
 //!
 //! With `bits == 16` the blob is the shard's raw f16/bf16 elements (the
-//! unquantized algorithm), `groups*G` elements, no parameters.
+//! unquantized algorithm), no parameters, permuted per warp so that each
+//! 16-byte store instruction of a warp covers one contiguous 512-byte run
+//! (half-line writes are expensive over NVLink): chunk `c`'s elements 0..8
+//! sit at element `(c & !31) * 16 + (c & 31) * 8` and its elements 8..16 at
+//! that + 256 ([`raw_chunk_offsets`]); the slots are rounded up to 512.
 
 /// Elements per GPU thread and per packing unit.
 pub const CHUNK: usize = 16;
@@ -27,6 +31,18 @@ pub const GROUP_SIZES: [u32; 4] = [32, 64, 128, 256];
 
 /// Code widths, and 16 for "raw elements, unquantized".
 pub const BIT_WIDTHS: [u32; 3] = [4, 6, 8];
+
+/// Elements one warp's chunks cover (32 lanes x 16): the unit of the raw
+/// permutation.
+pub const RAW_WARP_ELEMS: usize = 32 * CHUNK;
+
+/// Element offsets of chunk `c`'s two halves (elements 0..8 and 8..16) in a
+/// raw blob (see the [module docs](self)).
+#[inline(always)]
+pub const fn raw_chunk_offsets(c: usize) -> (usize, usize) {
+    let first = (c & !31) * CHUNK + (c & 31) * 8;
+    (first, first + RAW_WARP_ELEMS / 2)
+}
 
 /// Layout of one shard blob; see the [module docs](self).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +92,9 @@ impl ShardLayout {
     /// Size of the primary plane.
     #[inline(always)]
     pub const fn primary_bytes(&self) -> usize {
+        if self.bits == 16 {
+            return self.slots().next_multiple_of(RAW_WARP_ELEMS) * 2;
+        }
         round16(self.slots() * self.primary_bits() / 8)
     }
 

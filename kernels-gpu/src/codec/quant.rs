@@ -56,43 +56,75 @@ impl GroupParams {
     }
 }
 
-/// The NaN-propagating minimum used for group statistics (`min.NaN.f32` on sm_80+).
+/// The NaN-propagating minimum used for group statistics (`min.NaN.f32` on
+/// the GPU, IEEE 754-2019 `minimum` on the host). Whether a +0/-0 pair gives
+/// +0 or -0 does not matter: the parameters come out the same either way.
 #[inline(always)]
 pub fn nan_min(a: f32, b: f32) -> f32 {
-    a.minimum(b)
+    #[cfg(target_arch = "nvptx64")]
+    {
+        crate::intrinsics::math::min_nan_f32(a, b)
+    }
+    #[cfg(not(target_arch = "nvptx64"))]
+    {
+        a.minimum(b)
+    }
 }
 
-/// The NaN-propagating maximum used for group statistics (`max.NaN.f32` on sm_80+).
+/// The NaN-propagating maximum used for group statistics (see [`nan_min`]).
 #[inline(always)]
 pub fn nan_max(a: f32, b: f32) -> f32 {
-    a.maximum(b)
+    #[cfg(target_arch = "nvptx64")]
+    {
+        crate::intrinsics::math::max_nan_f32(a, b)
+    }
+    #[cfg(not(target_arch = "nvptx64"))]
+    {
+        a.maximum(b)
+    }
 }
 
 /// Encodes the elements of one group (precomputes the reciprocal step).
+///
+/// `code = clamp(rne(((x - center) * pre) * inv + L/2), 0, L)` with
+/// `inv = 1 / (step * pre)`, where `pre` is 1, or 2^64 when the step is so
+/// small (< 2^-100, subnormal spread) that its reciprocal would overflow.
+/// Multiplying by a power of two is exact, so for ordinary groups this is
+/// `(x - center) * (1 / step)`; no element ever needs a division (a per-element
+/// branch to a division was if-converted by LLVM into a division for every
+/// element, measured as the stage's main cost).
 #[derive(Clone, Copy, Debug)]
 pub struct Encoder {
     center: f32,
-    step: f32,
-    inv_step: f32,
+    pre: f32,
+    inv: f32,
     half_levels: f32,
     top: f32,
+    live: bool,
 }
 
 /// Adding and subtracting 2^23 rounds an f32 in [0, 2^23) to an integer,
 /// ties to even, with two ordinary IEEE additions on any target.
 const ROUND_MAGIC: f32 = 8_388_608.0;
+/// Steps below this get the pre-scale (their reciprocal would overflow).
+const TINY_STEP: f32 = 7.888_609e-31; // 2^-100
+/// 2^64: exact scaling that brings any positive subnormal step to a normal one.
+const PRE_SCALE: f32 = 18_446_744_073_709_551_616.0;
 
 impl Encoder {
     /// An encoder for a group with parameters `p` and `bits` bits.
     #[inline(always)]
     pub fn new(p: GroupParams, bits: u32) -> Self {
         let step = p.half_step + p.half_step;
+        let pre = if step < TINY_STEP { PRE_SCALE } else { 1.0 };
         Self {
             center: p.center,
-            step,
-            inv_step: 1.0 / step,
+            pre,
+            inv: 1.0 / (step * pre),
             half_levels: levels(bits) as f32 * 0.5,
             top: levels(bits) as f32,
+            // False for a zero step and for NaN parameters.
+            live: step > 0.0,
         }
     }
 
@@ -100,15 +132,13 @@ impl Encoder {
     /// Constant and non-finite groups encode everything as 0.
     #[inline(always)]
     pub fn encode(&self, x: f32) -> u32 {
-        // False for a zero step and for NaN parameters.
-        if !(self.step > 0.0) {
-            return 0;
-        }
-        let offset = x - self.center;
-        // The reciprocal overflows only when the group's spread is subnormal;
-        // divide then (rare, and exact in intent on both sides).
-        let scaled = if self.inv_step.is_finite() { offset * self.inv_step } else { offset / self.step };
+        let scaled = ((x - self.center) * self.pre) * self.inv;
         let v = (scaled + self.half_levels).max(0.0).min(self.top);
-        ((v + ROUND_MAGIC) - ROUND_MAGIC) as u32
+        let q = ((v + ROUND_MAGIC) - ROUND_MAGIC) as u32;
+        if self.live {
+            q
+        } else {
+            0
+        }
     }
 }

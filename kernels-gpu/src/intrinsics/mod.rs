@@ -6,6 +6,7 @@
 //! every item names the PTX instruction it becomes, its scope and the minimum
 //! sm it needs (all of flashcomm targets sm_80 and newer).
 pub mod convert;
+pub mod math;
 pub mod mem;
 pub mod thread;
 pub mod timer;

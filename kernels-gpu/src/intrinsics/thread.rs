@@ -67,3 +67,22 @@ pub unsafe fn sync_threads_or(pred: bool) -> bool {
     // is convergent, so LLVM does not move it across branches.
     unsafe { barrier0_or(pred as i32) != 0 }
 }
+
+/// `setp.eq.u32` + `selp.b64`: `if i == k { if_equal } else { otherwise }`,
+/// opaque to LLVM. Picking one of a kernel parameter array's entries with a
+/// chain of these keeps the array in parameter space; an ordinary select
+/// chain is folded back into an indexed load, which copies the whole
+/// argument block to local memory (seen in the PTX).
+#[inline(always)]
+pub fn select_eq_u64(i: u32, k: u32, if_equal: u64, otherwise: u64) -> u64 {
+    let out: u64;
+    // SAFETY: register-only instructions.
+    unsafe {
+        core::arch::asm!(
+            "{{ .reg .pred p; setp.eq.u32 p, {i}, {k}; selp.b64 {out}, {a}, {b}, p; }}",
+            i = in(reg32) i, k = in(reg32) k, a = in(reg64) if_equal, b = in(reg64) otherwise, out = out(reg64) out,
+            options(pure, nomem, nostack)
+        )
+    };
+    out
+}

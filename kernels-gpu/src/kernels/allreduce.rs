@@ -4,13 +4,15 @@
 //! message is cut into `world` shards of whole groups; shard `s` is owned by
 //! rank `s`. Block `b` of every rank handles tiles `t ≡ b (mod grid)` of every
 //! shard in every phase, so it only ever waits for block `b` of its peers.
-//! 1. *stage*: quantize every shard of my input (RS bits) into my `staging_in`;
-//! 2. entry barrier; *reduce-scatter by peer loads*: for my shard, read every
-//!    rank's blob from its `staging_in` (rank order 0..world), dequantize, sum
-//!    in f32, re-quantize (AG bits) into my `staging_out`;
-//! 3. barrier; *all-gather by peer loads*: read every owner's re-quantized
-//!    blob (mine included: all ranks decode the same bytes, hazard H15) and
-//!    write my output.
+//! 1. *stage*: quantize every shard of my input (RS bits) into staging
+//!    (pull: my own `staging_in`; push: straight into each owner's);
+//! 2. entry barrier; *reduce-scatter*: for my shard, read every rank's blob
+//!    (pull: peer loads; push: local loads), dequantize, sum in f32 in rank
+//!    order 0..world, re-quantize (AG bits) into staging (pull: my own
+//!    `staging_out`; push: every rank's);
+//! 3. barrier; *all-gather*: read every owner's re-quantized blob (mine
+//!    included: all ranks decode the same bytes, hazard H15) and write my
+//!    output. [`Transport`] has the buffer roles of both transports.
 //! No exit barrier is needed: a rank overwrites `staging_in` / `staging_out`
 //! only in a later call, after that call's entry barrier, which peers pass only
 //! once their previous kernel (and all its reads) has completed (rule 5).
@@ -22,8 +24,8 @@
 //! sums in rank order, exit barrier (peers may still read my staging until
 //! they pass it, and the next call overwrites it before any barrier).
 use super::barrier::cross_rank_barrier;
-use super::chunk::{decode_chunk, fetch_chunk, load_elements, pick, stage_chunk, store_elements, sum_over_ranks, ChunkPos};
-use crate::abi::{sync_area, CollectiveArgs, Phase, ShardGeometry, THREADS};
+use super::chunk::{decode_chunk, encode_chunk, fetch_chunk, load_elements, pick, store_chunk, store_elements, sum_over_ranks, unroll, ChunkPos};
+use crate::abi::{sync_area, CollectiveArgs, Phase, ShardGeometry, Transport, THREADS};
 use crate::codec::{Bf16, Element, ShardLayout, CHUNK, F16};
 use crate::intrinsics::mem::{ld_global_u32, st_global_u32};
 use crate::intrinsics::thread::{block_idx, grid_dim, thread_idx};
@@ -47,23 +49,39 @@ unsafe fn twoshot<E: Element, const RS: u32, const AG: u32>(a: &CollectiveArgs) 
     let epoch = unsafe { ld_global_u32(my_sync.add(sync_area::EPOCHS + block)) }.wrapping_add(1);
     let input = a.input as *const u16;
     let output = a.output as *mut u16;
+    let push_rs = a.transport & Transport::PUSH_REDUCE_SCATTER != 0;
+    let push_ag = a.transport & Transport::PUSH_ALL_GATHER != 0;
+    // Benchmark diagnostics: an empty loop range skips a phase's data work.
+    let tiles = |skip: u32| if a.transport & skip != 0 { 0 } else { geo.tiles };
 
-    // 1. Stage (quantize) every shard of my input.
-    for s in 0..world {
-        let shard_len = geo.shard_len(len, s);
-        // SAFETY: shard s starts inside the input (or at its end when empty);
-        // its blob slot lies inside my staging_in.
-        let (src, blob) = unsafe { (input.add(s * geo.shard_slots), (pick(&a.staging_in, me) as *mut u8).add(s * stride)) };
-        let mut t = block;
-        while t < geo.tiles {
+    // 1. Stage (quantize) every shard of my input. Tiles outside, shards
+    // inside in an order rotated by rank (mine first): at any moment the
+    // ranks write to *different* owners instead of all to owner 0 (an incast
+    // that capped the links at 1/(W-1) of their bandwidth, measured), and
+    // local and remote stores interleave.
+    let mut t = block;
+    while t < tiles(Transport::DIAG_SKIP_STAGE) {
+        for i in 0..world {
+            let s = (me + i) % world;
+            let shard_len = geo.shard_len(len, s);
             let pos = ChunkPos::new(t * THREADS as usize + tid, shard_len, geo.shard_slots);
-            // SAFETY: `valid` elements are inside the input; the warp is converged.
+            // SAFETY: `valid` elements of shard s are inside the input; the
+            // warp is converged; the chunk's slot in the staging buffer the
+            // transport chooses is this thread's to write.
             unsafe {
-                let x = load_elements::<E>(src.add(pos.index * CHUNK), pos.valid);
-                stage_chunk::<E, RS>(&x, pos, blob, &rs_layout, group_shift);
+                let blob = if push_rs {
+                    (pick(&a.staging_in, s) as *mut u8).add(me * stride)
+                } else {
+                    (pick(&a.staging_in, me) as *mut u8).add(s * stride)
+                };
+                let x = load_elements::<E>(input.add(s * geo.shard_slots + pos.index * CHUNK), pos.valid);
+                let wire = encode_chunk::<E, RS>(&x, pos, group_shift);
+                if pos.in_slots {
+                    store_chunk::<RS>(blob, &rs_layout, pos, &wire, group_shift);
+                }
             }
-            t += blocks;
         }
+        t += blocks;
     }
     // SAFETY: every thread of the block reaches the barrier.
     if !unsafe { cross_rank_barrier(a, Phase::Staged, block, epoch) } {
@@ -73,16 +91,21 @@ unsafe fn twoshot<E: Element, const RS: u32, const AG: u32>(a: &CollectiveArgs) 
     // 2. Reduce my shard: peers' blobs, rank order, f32; re-quantize.
     {
         let shard_len = geo.shard_len(len, me);
-        let out_blob = pick(&a.staging_out, me) as *mut u8;
         let mut t = block;
-        while t < geo.tiles {
+        while t < tiles(Transport::DIAG_SKIP_REDUCE) {
             let pos = ChunkPos::new(t * THREADS as usize + tid, shard_len, geo.shard_slots);
             let mut acc = [0.0f32; CHUNK];
             if pos.in_slots {
                 // SAFETY: every rank published its blob of my shard at the entry barrier.
                 acc = unsafe {
                     sum_over_ranks::<E, RS>(
-                        |r| (pick(&a.staging_in, r) as *const u8).add(me * stride),
+                        |r| {
+                            if push_rs {
+                                (pick(&a.staging_in, me) as *const u8).add(r * stride)
+                            } else {
+                                (pick(&a.staging_in, r) as *const u8).add(me * stride)
+                            }
+                        },
                         world,
                         pos.index,
                         &rs_layout,
@@ -90,8 +113,21 @@ unsafe fn twoshot<E: Element, const RS: u32, const AG: u32>(a: &CollectiveArgs) 
                     )
                 };
             }
-            // SAFETY: my own staging_out; the warp is converged.
-            unsafe { stage_chunk::<E, AG>(&acc, pos, out_blob, &ag_layout, group_shift) };
+            // SAFETY: the warp is converged.
+            let wire = unsafe { encode_chunk::<E, AG>(&acc, pos, group_shift) };
+            if pos.in_slots {
+                if push_ag {
+                    unroll!(d in 8 => {
+                        if d < world {
+                            // SAFETY: slot `me` of rank d's staging_out is written by me only.
+                            unsafe { store_chunk::<AG>((pick(&a.staging_out, d) as *mut u8).add(me * stride), &ag_layout, pos, &wire, group_shift) };
+                        }
+                    });
+                } else {
+                    // SAFETY: slot `me` of my own staging_out.
+                    unsafe { store_chunk::<AG>((pick(&a.staging_out, me) as *mut u8).add(me * stride), &ag_layout, pos, &wire, group_shift) };
+                }
+            }
             t += blocks;
         }
     }
@@ -100,25 +136,26 @@ unsafe fn twoshot<E: Element, const RS: u32, const AG: u32>(a: &CollectiveArgs) 
         return;
     }
 
-    // 3. Gather: decode every owner's re-quantized blob into my output.
-    for s in 0..world {
-        let shard_len = geo.shard_len(len, s);
-        let blob = pick(&a.staging_out, s) as *const u8;
-        // SAFETY: shard s starts inside the output (or at its end when empty).
-        let dst = unsafe { output.add(s * geo.shard_slots) };
-        let mut t = block;
-        while t < geo.tiles {
+    // 3. Gather: decode every owner's re-quantized blob into my output
+    // (tiles outside, owners inside in rank-rotated order, as in step 1).
+    let mut t = block;
+    while t < tiles(Transport::DIAG_SKIP_GATHER) {
+        for i in 0..world {
+            let s = (me + i) % world;
+            let shard_len = geo.shard_len(len, s);
             let pos = ChunkPos::new(t * THREADS as usize + tid, shard_len, geo.shard_slots);
             if pos.valid > 0 {
-                // SAFETY: owner s published this chunk at the second barrier;
-                // `valid` output elements belong to this thread.
+                // SAFETY: owner s published this chunk (slot s of the
+                // staging_out the transport chooses) at the second barrier;
+                // the `valid` output elements belong to this thread.
                 unsafe {
+                    let blob = (pick(&a.staging_out, if push_ag { me } else { s }) as *const u8).add(s * stride);
                     let x = decode_chunk::<E, AG>(&fetch_chunk::<AG>(blob, pos.index, &ag_layout, group_shift));
-                    store_elements::<E>(dst.add(pos.index * CHUNK), pos.valid, &x);
+                    store_elements::<E>(output.add(s * geo.shard_slots + pos.index * CHUNK), pos.valid, &x);
                 }
             }
-            t += blocks;
         }
+        t += blocks;
     }
     if tid == 0 {
         // SAFETY: this rank's own epoch slot for this block.
@@ -150,7 +187,9 @@ unsafe fn oneshot<E: Element>(a: &CollectiveArgs) {
         // SAFETY: `valid` input elements; the chunk's raw slot is in my staging.
         unsafe {
             let x = load_elements::<E>(input.add(pos.index * CHUNK), pos.valid);
-            stage_chunk::<E, 16>(&x, pos, staging, &layout, 4);
+            if pos.in_slots {
+                store_chunk::<16>(staging, &layout, pos, &encode_chunk::<E, 16>(&x, pos, 4), 4);
+            }
         }
         t += blocks;
     }

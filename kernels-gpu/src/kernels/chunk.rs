@@ -7,9 +7,10 @@
 //! the whole chunk array to local memory (seen in the PTX).
 use crate::abi::MAX_WORLD;
 use crate::codec::quant::{nan_max, nan_min};
+use crate::codec::layout::raw_chunk_offsets;
 use crate::codec::{Element, Encoder, GroupParams, PackedChunk, ShardLayout, CHUNK};
 use crate::intrinsics::mem::*;
-use crate::intrinsics::thread::lane_id;
+use crate::intrinsics::thread::{lane_id, select_eq_u64};
 use crate::intrinsics::warp::shfl_xor_f32;
 
 /// Repeats a block with `$i` bound to each literal index, so every array
@@ -17,21 +18,22 @@ use crate::intrinsics::warp::shfl_xor_f32;
 macro_rules! unroll {
     ($i:ident in 16 => $body:block) => { unroll!(@ $i $body; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15) };
     ($i:ident in 8 => $body:block) => { unroll!(@ $i $body; 0 1 2 3 4 5 6 7) };
+    ($i:ident in 4 => $body:block) => { unroll!(@ $i $body; 0 1 2 3) };
+    ($i:ident in 2 => $body:block) => { unroll!(@ $i $body; 0 1) };
     (@ $i:ident $body:block; $($n:literal)*) => { $( { let $i: usize = $n; $body } )* };
 }
 pub(crate) use unroll;
 
 const _: () = assert!(CHUNK == 16 && MAX_WORLD == 8, "unroll! counts must match");
 
-/// `array[i]` for a run-time `i`, as a chain of selects: indexing a kernel
-/// parameter array directly would copy the whole argument block to local memory.
+/// `array[i]` for a run-time `i`, as a chain of opaque selects: indexing a
+/// kernel parameter array directly would copy the whole argument block to
+/// local memory. Constant `i` (unrolled loops) folds to one parameter load.
 #[inline(always)]
 pub fn pick(array: &[u64; MAX_WORLD], i: usize) -> u64 {
     let mut v = 0;
     unroll!(k in 8 => {
-        if k == i {
-            v = array[k];
-        }
+        v = select_eq_u64(i as u32, k as u32, array[k], v);
     });
     v
 }
@@ -139,33 +141,38 @@ unsafe fn group_min_max(x: &[f32; CHUNK], valid: usize, lanes_per_group: u32) ->
     (mn, mx)
 }
 
-/// Writes one chunk into a blob: quantized with `BITS` bits (parameters from
-/// the group's min/max), or raw elements when `BITS == 16`.
+/// The bytes of one chunk of a blob: what crosses the link. Produced by
+/// [`encode_chunk`] or [`fetch_chunk`], consumed by [`store_chunk`] or
+/// [`decode_chunk`].
+#[derive(Clone, Copy, Default)]
+pub struct WireChunk {
+    /// Raw elements (8 words) or the primary code plane (4 or 2 words).
+    words: [u32; 8],
+    /// INT6 secondary plane.
+    secondary: u32,
+    /// The group's `[center, half_step]` bits.
+    params: [u32; 2],
+    /// Whether this thread stores the group's parameters.
+    leader: bool,
+}
+
+/// Encodes one chunk: quantized with `BITS` bits (parameters from the
+/// group's min/max over valid elements), or raw elements when `BITS == 16`.
 ///
 /// # Safety
-/// All 32 lanes of the warp call this together (shuffles inside); `blob` is a
-/// blob of `layout` that this thread's chunk and group parameters may write.
+/// All 32 lanes of the warp call this together (shuffles inside).
 #[inline(always)]
-pub unsafe fn stage_chunk<E: Element, const BITS: u32>(
-    x: &[f32; CHUNK],
-    pos: ChunkPos,
-    blob: *mut u8,
-    layout: &ShardLayout,
-    group_shift: u32,
-) {
+pub unsafe fn encode_chunk<E: Element, const BITS: u32>(x: &[f32; CHUNK], pos: ChunkPos, group_shift: u32) -> WireChunk {
+    let mut w = WireChunk::default();
     if BITS == 16 {
-        if pos.in_slots {
-            // SAFETY: raw chunk `index` lies inside the blob's slots.
-            unsafe { store_elements::<E>((blob as *mut u16).add(pos.index * CHUNK), CHUNK, x) };
-        }
-        return;
+        unroll!(i in 8 => {
+            w.words[i] = E::from_f32(x[2 * i]) as u32 | (E::from_f32(x[2 * i + 1]) as u32) << 16;
+        });
+        return w;
     }
     let lanes_per_group = 1u32 << (group_shift - 4);
     // SAFETY: the caller guarantees a converged warp.
     let (mn, mx) = unsafe { group_min_max(x, pos.valid, lanes_per_group) };
-    if !pos.in_slots {
-        return;
-    }
     let params = GroupParams::from_min_max(mn, mx, BITS);
     let encoder = Encoder::new(params, BITS);
     let mut codes = [0u32; CHUNK];
@@ -173,34 +180,42 @@ pub unsafe fn stage_chunk<E: Element, const BITS: u32>(
         codes[i] = if i < pos.valid { encoder.encode(x[i]) } else { 0 };
     });
     let packed = PackedChunk::pack(&codes, BITS);
-    // SAFETY: the chunk's code bytes and its group's parameters are inside the blob.
-    unsafe {
-        let primary = blob.add(pos.index * layout.primary_chunk_bytes());
-        if BITS == 8 {
-            st_global_v4(primary as *mut [u32; 4], packed.primary);
-        } else {
-            st_global_v2(primary as *mut [u32; 2], [packed.primary[0], packed.primary[1]]);
-            if BITS == 6 {
-                st_global_u32(blob.add(layout.secondary_offset() + pos.index * 4) as *mut u32, packed.secondary);
-            }
-        }
-        if lane_id() & (lanes_per_group - 1) == 0 {
-            let group = (pos.index * CHUNK) >> group_shift;
-            let p = blob.add(layout.params_offset() + group * 8) as *mut [u32; 2];
-            st_global_v2(p, [params.center.to_bits(), params.half_step.to_bits()]);
-        }
-    }
+    w.words[..4].copy_from_slice(&packed.primary);
+    w.secondary = packed.secondary;
+    w.params = [params.center.to_bits(), params.half_step.to_bits()];
+    w.leader = lane_id() & (lanes_per_group - 1) == 0;
+    w
 }
 
-/// The undecoded bytes of one chunk of a blob: what crosses the link.
-#[derive(Clone, Copy, Default)]
-pub struct FetchedChunk {
-    /// Raw elements (8 words) or the primary code plane (4 or 2 words).
-    words: [u32; 8],
-    /// INT6 secondary plane.
-    secondary: u32,
-    /// The group's `[center, half_step]` bits.
-    params: [u32; 2],
+/// Stores an encoded chunk at its place in a blob (local or a peer's).
+///
+/// # Safety
+/// `blob` is a blob of `layout` whose chunk `pos.index` (and group
+/// parameters, for the leader) this thread may write; `pos.in_slots` holds.
+#[inline(always)]
+pub unsafe fn store_chunk<const BITS: u32>(blob: *mut u8, layout: &ShardLayout, pos: ChunkPos, w: &WireChunk, group_shift: u32) {
+    // SAFETY: the caller guarantees the chunk lies in the blob's slots.
+    unsafe {
+        if BITS == 16 {
+            let (first, second) = raw_chunk_offsets(pos.index);
+            st_global_v4(blob.add(2 * first) as *mut [u32; 4], [w.words[0], w.words[1], w.words[2], w.words[3]]);
+            st_global_v4(blob.add(2 * second) as *mut [u32; 4], [w.words[4], w.words[5], w.words[6], w.words[7]]);
+            return;
+        }
+        let primary = blob.add(pos.index * layout.primary_chunk_bytes());
+        if BITS == 8 {
+            st_global_v4(primary as *mut [u32; 4], [w.words[0], w.words[1], w.words[2], w.words[3]]);
+        } else {
+            st_global_v2(primary as *mut [u32; 2], [w.words[0], w.words[1]]);
+            if BITS == 6 {
+                st_global_u32(blob.add(layout.secondary_offset() + pos.index * 4) as *mut u32, w.secondary);
+            }
+        }
+        if w.leader {
+            let group = (pos.index * CHUNK) >> group_shift;
+            st_global_v2(blob.add(layout.params_offset() + group * 8) as *mut [u32; 2], w.params);
+        }
+    }
 }
 
 /// Issues the loads of one chunk of a blob (possibly a peer's), with `.cg`.
@@ -210,20 +225,20 @@ pub struct FetchedChunk {
 /// `blob` is a blob of `layout` whose chunk `index` was written and published
 /// (release/acquire) before this call, and `index` is inside its slots.
 #[inline(always)]
-pub unsafe fn fetch_chunk<const BITS: u32>(blob: *const u8, index: usize, layout: &ShardLayout, group_shift: u32) -> FetchedChunk {
-    let mut f = FetchedChunk::default();
+pub unsafe fn fetch_chunk<const BITS: u32>(blob: *const u8, index: usize, layout: &ShardLayout, group_shift: u32) -> WireChunk {
+    let mut f = WireChunk::default();
     // SAFETY: the caller guarantees the blob holds chunk `index`.
     unsafe {
         if BITS == 16 {
-            let src = (blob as *const u16).add(index * CHUNK);
-            let a = ld_global_cg_v4(src as *const [u32; 4]);
-            let b = ld_global_cg_v4(src.add(8) as *const [u32; 4]);
+            let (first, second) = raw_chunk_offsets(index);
+            let a = ld_global_cg_v4(blob.add(2 * first) as *const [u32; 4]);
+            let b = ld_global_cg_v4(blob.add(2 * second) as *const [u32; 4]);
             f.words = [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]];
             return f;
         }
+        let primary = blob.add(index * layout.primary_chunk_bytes());
         let group = (index * CHUNK) >> group_shift;
         f.params = ld_global_cg_v2(blob.add(layout.params_offset() + group * 8) as *const [u32; 2]);
-        let primary = blob.add(index * layout.primary_chunk_bytes());
         if BITS == 8 {
             let w = ld_global_cg_v4(primary as *const [u32; 4]);
             f.words[..4].copy_from_slice(&w);
@@ -239,9 +254,9 @@ pub unsafe fn fetch_chunk<const BITS: u32>(blob: *const u8, index: usize, layout
     f
 }
 
-/// Decodes a fetched chunk to f32.
+/// Decodes a wire chunk to f32.
 #[inline(always)]
-pub fn decode_chunk<E: Element, const BITS: u32>(f: &FetchedChunk) -> [f32; CHUNK] {
+pub fn decode_chunk<E: Element, const BITS: u32>(f: &WireChunk) -> [f32; CHUNK] {
     let mut x = [0.0f32; CHUNK];
     if BITS == 16 {
         unpack_pairs::<E>(&f.words, &mut x);
@@ -259,6 +274,10 @@ pub fn decode_chunk<E: Element, const BITS: u32>(f: &FetchedChunk) -> [f32; CHUN
 /// Fetches chunk `index` of `blob_of(r)` for every rank `r < world`, then
 /// sums the decoded values in rank order 0, 1, .., world-1 (f32).
 ///
+/// Ranks are fetched four at a time (all four loads in flight together,
+/// then decoded and added in order): enough memory-level parallelism without
+/// holding eight wire chunks in registers.
+///
 /// # Safety
 /// As [`fetch_chunk`] for every rank's blob.
 #[inline(always)]
@@ -269,21 +288,31 @@ pub unsafe fn sum_over_ranks<E: Element, const BITS: u32>(
     layout: &ShardLayout,
     group_shift: u32,
 ) -> [f32; CHUNK] {
-    let mut fetched = [FetchedChunk::default(); MAX_WORLD];
-    unroll!(r in 8 => {
-        if r < world {
-            // SAFETY: forwarded caller contract.
-            fetched[r] = unsafe { fetch_chunk::<BITS>(blob_of(r), index, layout, group_shift) };
-        }
-    });
-    let mut acc = decode_chunk::<E, BITS>(&fetched[0]);
-    unroll!(r in 8 => {
-        if r > 0 && r < world {
-            let part = decode_chunk::<E, BITS>(&fetched[r]);
-            unroll!(i in 16 => {
-                acc[i] += part[i];
-            });
-        }
+    let mut acc = [0.0f32; CHUNK];
+    // Two fixed groups (unrolled, so every rank index is a constant and the
+    // argument block stays in parameter space).
+    unroll!(group in 2 => {
+        let base = 4 * group;
+        let mut fetched = [WireChunk::default(); 4];
+        unroll!(k in 4 => {
+            if base + k < world {
+                // SAFETY: forwarded caller contract.
+                fetched[k] = unsafe { fetch_chunk::<BITS>(blob_of(base + k), index, layout, group_shift) };
+            }
+        });
+        unroll!(k in 4 => {
+            if base + k < world {
+                let part = decode_chunk::<E, BITS>(&fetched[k]);
+                // The sum starts from rank 0's value (not 0.0 + value: -0 stays -0).
+                if base + k == 0 {
+                    acc = part;
+                } else {
+                    unroll!(i in 16 => {
+                        acc[i] += part[i];
+                    });
+                }
+            }
+        });
     });
     acc
 }

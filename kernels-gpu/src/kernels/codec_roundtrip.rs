@@ -1,7 +1,7 @@
 //! Single-GPU codec kernels: quantize a buffer into one blob, and decode a
 //! blob back. They run the same chunk code as the all-reduce and are tested
 //! bit for bit against the host codec (the foundation's GPU test).
-use super::chunk::{decode_chunk, fetch_chunk, load_elements, stage_chunk, store_elements, ChunkPos};
+use super::chunk::{decode_chunk, encode_chunk, fetch_chunk, load_elements, store_chunk, store_elements, ChunkPos};
 use crate::abi::THREADS;
 use crate::codec::{Bf16, Element, ShardLayout, CHUNK, F16};
 use crate::intrinsics::thread::{block_idx, grid_dim, thread_idx};
@@ -16,7 +16,10 @@ unsafe fn quantize<E: Element, const BITS: u32>(input: *const u16, len: usize, g
         // SAFETY: caller contract: `len` input elements, a blob of `layout`.
         unsafe {
             let x = load_elements::<E>(input.add(pos.index * CHUNK), pos.valid);
-            stage_chunk::<E, BITS>(&x, pos, blob, &layout, group_size.trailing_zeros());
+            let wire = encode_chunk::<E, BITS>(&x, pos, group_size.trailing_zeros());
+            if pos.in_slots {
+                store_chunk::<BITS>(blob, &layout, pos, &wire, group_size.trailing_zeros());
+            }
         }
         t += grid_dim() as usize;
     }

@@ -1,0 +1,846 @@
+//! `perplexity`: accuracy evaluation of flashcomm's quantized all-reduce.
+//!
+//! Runs SmolLM2-135M-Instruct (Q4_1 GGUF) on the CPU with tensor parallelism
+//! simulated for W ranks, combines the row-parallel partial sums either
+//! exactly or with the library's reference reducer (bit-identical to the GPU
+//! kernels), and reports perplexity per configuration. See docs/accuracy.md.
+
+mod gguf;
+mod matmul;
+mod model;
+mod tokenizer;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use half::bf16;
+
+use model::{Combine, Kind, Model};
+use flashcomm_host::reference::reference_all_reduce;
+use flashcomm_host::{Bits, Quantization};
+
+const GGUF_FILE: &str = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+fn default_models_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("FLASHCOMM_MODELS") {
+        return PathBuf::from(d);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models")
+}
+
+// ---------------------------------------------------------------- configs --
+
+/// One evaluated configuration.
+#[derive(Clone, Debug)]
+struct Cfg {
+    /// `None`: exact sum (f64 sum of the f32 partials, rounded to f32).
+    /// `Some(q)`: partials -> bf16 -> library reducer with `q` -> f32.
+    quant: Option<Quantization>,
+    /// Call the reducer once per token row (576 elements) instead of once on
+    /// the flattened [tokens x 576] buffer, so no group straddles two tokens
+    /// (the last group of a row is short when G does not divide 576).
+    per_row: bool,
+    /// Diagnostic: combine the first token row of every window exactly and
+    /// hand only rows 1.. to the reducer (isolates the "attention sink"
+    /// token, whose massive activations dominate its quantization groups).
+    tok0_exact: bool,
+    /// Evaluate only at these world sizes (`None`: all of `--worlds`).
+    worlds: Option<Vec<usize>>,
+}
+
+fn bits_n(b: Bits) -> u32 {
+    match b {
+        Bits::B4 => 4,
+        Bits::B6 => 6,
+        Bits::B8 => 8,
+    }
+}
+
+impl Cfg {
+    fn label(&self) -> String {
+        let base = match self.quant {
+            None => "exact (f64 sum of f32)".to_string(),
+            Some(Quantization::None) => "bf16, unquantized".into(),
+            Some(Quantization::Int { rs_bits, ag_bits, group_size }) => {
+                let name = match (bits_n(rs_bits), bits_n(ag_bits)) {
+                    (8, 8) => "INT8".to_string(),
+                    (4, 8) => "INT6 (4 rs / 8 ag)".to_string(),
+                    (4, 4) => "INT4".to_string(),
+                    (a, b) => format!("INT {a} rs / {b} ag"),
+                };
+                format!("{name} G={group_size}")
+            }
+        };
+        let mut out = base;
+        if self.per_row {
+            out += ", per-token groups";
+        }
+        if self.tok0_exact {
+            out += ", token 0 exact";
+        }
+        out
+    }
+    fn short(&self) -> String {
+        let base = match self.quant {
+            None => "exact".to_string(),
+            Some(Quantization::None) => "bf16".into(),
+            Some(Quantization::Int { rs_bits, ag_bits, group_size }) => {
+                format!("int{}-{}-g{}", bits_n(rs_bits), bits_n(ag_bits), group_size)
+            }
+        };
+        let mut out = base;
+        if self.per_row {
+            out += "-row";
+        }
+        if self.tok0_exact {
+            out += "-tok0";
+        }
+        out
+    }
+    fn applies(&self, world: usize) -> bool {
+        self.worlds.as_ref().is_none_or(|w| w.contains(&world))
+    }
+}
+
+/// `exact` | `bf16` | `int8-gG` | `int6-gG` (= 4 bits rs, 8 bits ag) | `int4-gG` |
+/// `int<rs>-<ag>-gG`; optional suffixes, in this order: `-row` (per-token
+/// groups), `-tok0` (token 0 of each window combined exactly: diagnostic),
+/// `@W[+W...]` (only at these world sizes).
+fn parse_cfg(s: &str) -> Result<Cfg, String> {
+    let (s, worlds) = match s.split_once('@') {
+        Some((c, w)) => {
+            let w: Vec<usize> = w
+                .split('+')
+                .map(|x| x.parse().map_err(|_| format!("bad world list in {s:?}")))
+                .collect::<Result<_, _>>()?;
+            (c, Some(w))
+        }
+        None => (s, None),
+    };
+    let (s, tok0_exact) = match s.strip_suffix("-tok0") {
+        Some(c) => (c, true),
+        None => (s, false),
+    };
+    let (s, per_row) = match s.strip_suffix("-row") {
+        Some(c) => (c, true),
+        None => (s, false),
+    };
+    let quant = if s == "exact" {
+        None
+    } else if s == "bf16" {
+        Some(Quantization::None)
+    } else {
+        let b = |n: &str| -> Result<Bits, String> {
+            match n {
+                "4" => Ok(Bits::B4),
+                "6" => Ok(Bits::B6),
+                "8" => Ok(Bits::B8),
+                _ => Err(format!("bad bit width {n:?} in {s:?}")),
+            }
+        };
+        let rest = s.strip_prefix("int").ok_or_else(|| format!("bad config {s:?}"))?;
+        let parts: Vec<&str> = rest.split('-').collect();
+        let (rs, ag, g) = match parts.as_slice() {
+            [bits, g] => {
+                let (rs, ag) = match *bits {
+                    "8" => ("8", "8"),
+                    "6" => ("4", "8"),
+                    "4" => ("4", "4"),
+                    _ => return Err(format!("bad config {s:?}")),
+                };
+                (rs, ag, *g)
+            }
+            [rs, ag, g] => (*rs, *ag, *g),
+            _ => return Err(format!("bad config {s:?}")),
+        };
+        let group_size: usize = g
+            .strip_prefix('g')
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("bad group size in {s:?}"))?;
+        let q = Quantization::Int { rs_bits: b(rs)?, ag_bits: b(ag)?, group_size };
+        q.validate().map_err(|e| e.to_string())?;
+        Some(q)
+    };
+    if (per_row || tok0_exact) && quant.is_none() {
+        return Err("-row and -tok0 apply to reducer configurations only".into());
+    }
+    Ok(Cfg { quant, per_row, tok0_exact, worlds })
+}
+
+fn cfg_set(name: &str) -> Result<Vec<Cfg>, String> {
+    let list: Vec<String> = match name {
+        // everything the issue asks for, plus per-token-group variants at W=4
+        "full" => {
+            let mut v = vec!["exact".to_string(), "bf16".to_string()];
+            for bits in ["int8", "int6", "int4"] {
+                for g in [32, 64, 128, 256] {
+                    v.push(format!("{bits}-g{g}"));
+                }
+            }
+            for c in ["int8-g128", "int6-g128", "int4-g128", "int4-g256"] {
+                v.push(format!("{c}-row@4"));
+            }
+            v
+        }
+        // the minimum: every scheme at G=128
+        "g128" => ["exact", "bf16", "int8-g128", "int6-g128", "int4-g128"].iter().map(|s| s.to_string()).collect(),
+        other => other.split(',').map(|s| s.trim().to_string()).collect(),
+    };
+    list.iter().map(|s| parse_cfg(s)).collect()
+}
+
+// -------------------------------------------------------------- combiners --
+
+/// Sum of squares of (combined - exact) and of exact, per layer and kind.
+#[derive(Clone, Default)]
+struct ErrStats {
+    // index: layer * 2 + kind
+    err2: Vec<f64>,
+    ref2: Vec<f64>,
+}
+
+impl ErrStats {
+    fn new(n_layer: usize) -> Self {
+        ErrStats { err2: vec![0.0; n_layer * 2], ref2: vec![0.0; n_layer * 2] }
+    }
+    fn add(&mut self, o: &ErrStats) {
+        for (a, b) in self.err2.iter_mut().zip(&o.err2) {
+            *a += b;
+        }
+        for (a, b) in self.ref2.iter_mut().zip(&o.ref2) {
+            *a += b;
+        }
+    }
+    fn rel(&self, layer: usize, kind: Kind) -> f64 {
+        let i = layer * 2 + kind as usize;
+        (self.err2[i] / self.ref2[i]).sqrt()
+    }
+    fn rel_all(&self, kind: Kind) -> f64 {
+        let n = self.err2.len() / 2;
+        let e: f64 = (0..n).map(|l| self.err2[l * 2 + kind as usize]).sum();
+        let r: f64 = (0..n).map(|l| self.ref2[l * 2 + kind as usize]).sum();
+        (e / r).sqrt()
+    }
+}
+
+fn exact_sum(partials: &[Vec<f32>], out: &mut [f32]) {
+    for (i, o) in out.iter_mut().enumerate() {
+        let mut s = 0f64;
+        for p in partials {
+            s += p[i] as f64;
+        }
+        *o = s as f32;
+    }
+}
+
+struct ExactComb;
+
+impl Combine for ExactComb {
+    fn combine(&mut self, _layer: usize, _kind: Kind, partials: &[Vec<f32>], out: &mut [f32]) {
+        exact_sum(partials, out);
+    }
+}
+
+/// Hands bf16 partials to the library's reference all-reduce and measures the
+/// error of its output against the exact sum of the same (f32) partials.
+struct ReducerComb {
+    quant: Quantization,
+    /// `Some(row)`: reduce each `row`-element slice separately.
+    per_row: Option<usize>,
+    /// Rows (of `row_len` elements) at the start of the buffer combined exactly.
+    exact_rows: usize,
+    row_len: usize,
+    /// `Some((layer, kind))`: use the reducer only there, the exact sum elsewhere.
+    only: Option<(usize, Kind)>,
+    stats: ErrStats,
+    bufs: Vec<Vec<bf16>>,
+    exact: Vec<f32>,
+}
+
+impl ReducerComb {
+    fn new(quant: Quantization, cfg: &Cfg, model: &Model, only: Option<(usize, Kind)>) -> Self {
+        ReducerComb {
+            quant,
+            per_row: cfg.per_row.then_some(model.n_embd),
+            exact_rows: usize::from(cfg.tok0_exact),
+            row_len: model.n_embd,
+            only,
+            stats: ErrStats::new(model.n_layer),
+            bufs: vec![],
+            exact: vec![],
+        }
+    }
+}
+
+impl Combine for ReducerComb {
+    fn combine(&mut self, layer: usize, kind: Kind, partials: &[Vec<f32>], out: &mut [f32]) {
+        let n = out.len();
+        if self.only.is_some_and(|o| o != (layer, kind)) {
+            exact_sum(partials, out);
+            return;
+        }
+        self.bufs.resize_with(partials.len(), Vec::new);
+        for (b, p) in self.bufs.iter_mut().zip(partials) {
+            b.clear();
+            b.extend(p[..n].iter().map(|&v| bf16::from_f32(v)));
+        }
+        let reduce = |range: std::ops::Range<usize>| {
+            let inputs: Vec<&[bf16]> = self.bufs.iter().map(|b| &b[range.clone()]).collect();
+            let r = reference_all_reduce(&inputs, &self.quant)
+                .unwrap_or_else(|e| panic!("reference_all_reduce({:?}) failed: {e}", self.quant));
+            assert_eq!(r.len(), range.len(), "reducer returned a buffer of the wrong length");
+            r
+        };
+        self.exact.resize(n, 0.0);
+        exact_sum(partials, &mut self.exact);
+        // Rows combined exactly (diagnostic) get the exact sum rounded to bf16,
+        // the best an unquantized bf16 transport could deliver.
+        let skip = self.exact_rows * self.row_len;
+        let mut reduced: Vec<bf16> = self.exact[..skip].iter().map(|&x| bf16::from_f32(x)).collect();
+        match self.per_row {
+            None => reduced.extend(reduce(skip..n)),
+            Some(row) => (skip / row..n / row).for_each(|t| reduced.extend(reduce(t * row..(t + 1) * row))),
+        }
+        debug_assert_eq!(reduced.len(), n);
+        let (mut e2, mut r2) = (0f64, 0f64);
+        for ((o, r), &x) in out.iter_mut().zip(&reduced).zip(&self.exact) {
+            *o = r.to_f32();
+            let d = (*o - x) as f64;
+            e2 += d * d;
+            r2 += (x as f64) * (x as f64);
+        }
+        let i = layer * 2 + kind as usize;
+        self.stats.err2[i] += e2;
+        self.stats.ref2[i] += r2;
+    }
+}
+
+/// Exact combine that also records bf16 copies of selected layers' partials.
+struct CaptureComb {
+    want: Vec<(usize, Kind)>,
+    got: Vec<(usize, Kind, Vec<Vec<bf16>>)>,
+}
+
+impl Combine for CaptureComb {
+    fn combine(&mut self, layer: usize, kind: Kind, partials: &[Vec<f32>], out: &mut [f32]) {
+        if self.want.contains(&(layer, kind)) {
+            let n = out.len();
+            let p = partials.iter().map(|p| p[..n].iter().map(|&v| bf16::from_f32(v)).collect()).collect();
+            self.got.push((layer, kind, p));
+        }
+        exact_sum(partials, out);
+    }
+}
+
+// ------------------------------------------------------------------ texts --
+
+fn read(p: &Path) -> Result<String, String> {
+    std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e} (run tools/perplexity/fetch-assets.sh)", p.display()))
+}
+
+/// Moby Dick chapters `1..` in order, each file's text as shipped (it starts
+/// with its "CHAPTER N. Title." line and ends with "\n"), joined with "\n"
+/// (so one blank line separates chapters); only as many chapters as needed.
+fn moby_text(models: &Path, chapters: std::ops::RangeInclusive<usize>) -> Result<String, String> {
+    let mut s = String::new();
+    for c in chapters {
+        if !s.is_empty() {
+            s.push('\n');
+        }
+        s.push_str(&read(&models.join(format!("text/moby-dick/chapter_{c}.txt")))?);
+    }
+    Ok(s)
+}
+
+fn first_tokens(tok: &tokenizer::Tokenizer, text: &str, n: usize, what: &str) -> Result<Vec<u32>, String> {
+    let ids = tok.encode(text);
+    if ids.len() < n {
+        return Err(format!("{what}: only {} tokens, need {n}", ids.len()));
+    }
+    Ok(ids[..n].to_vec())
+}
+
+// ------------------------------------------------------------------- jobs --
+
+struct Sample {
+    name: String,
+    tokens: Vec<u32>,
+}
+
+struct Job {
+    sample: usize,
+    world: usize,
+    cfg: usize,
+    window: usize,
+}
+
+#[derive(Default, Clone)]
+struct Agg {
+    nll: f64,
+    count: usize,
+    cpu_s: f64,
+    stats: Option<ErrStats>,
+}
+
+struct Opts {
+    models: PathBuf,
+    quick: bool,
+    ctx: usize,
+    moby_tokens: usize,
+    sotu_file: String,
+    sotu_tokens: usize,
+    worlds: Vec<usize>,
+    cfgs: String,
+    sotu_cfgs: Option<String>,
+    threads: usize,
+    markdown: Option<PathBuf>,
+    sanity: bool,
+    fixture: Option<PathBuf>,
+    layer_errors: Vec<String>,
+    max_dppl_pct: Option<f64>,
+    tokenize: Option<PathBuf>,
+    fixture_layers: String,
+    ablate: Option<String>,
+    ablate_windows: usize,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: perplexity [--quick] [--models DIR] [--ctx N] [--moby-tokens N] [--sotu FILE] [--sotu-tokens N]
+                  [--worlds 2,4,8] [--configs full|g128|LIST] [--sotu-configs full|g128|LIST] [--threads N]
+                  [--markdown FILE] [--layer-errors CFG@W,...] [--max-dppl-pct P]
+       perplexity --sanity            forward-pass check: PPL of the first 2,044 tokens of Moby Dick ch. 1-3
+       perplexity --write-fixture F [--fixture-layers 0a,11m,29m]
+                                      write W=4 bf16 partial sums (see tests/fixtures/README.md)
+       perplexity --tokenize FILE     print the token ids of a text file
+       perplexity --ablate CFG@W [--ablate-windows N]
+                                      dPPL with CFG applied at one projection only (each in turn),
+                                      on the first N (4) Moby Dick windows
+configs: exact, bf16, int8-gG, int6-gG (4 bits reduce-scatter, 8 all-gather), int4-gG, intR-A-gG"
+    );
+    std::process::exit(2)
+}
+
+fn parse_args() -> Opts {
+    let mut o = Opts {
+        models: default_models_dir(),
+        quick: false,
+        ctx: 512,
+        moby_tokens: 8192,
+        sotu_file: "2016_barack_obama_d.txt".into(),
+        sotu_tokens: 2048,
+        worlds: vec![2, 4, 8],
+        cfgs: "full".into(),
+        sotu_cfgs: None,
+        threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        markdown: None,
+        sanity: false,
+        fixture: None,
+        layer_errors: vec!["int4-g128@4".into(), "int6-g128@4".into(), "int8-g128@4".into()],
+        max_dppl_pct: None,
+        tokenize: None,
+        fixture_layers: "0a,11m,29m".into(),
+        ablate: None,
+        ablate_windows: 4,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = || args.next().unwrap_or_else(|| usage());
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--sanity" => o.sanity = true,
+            "--models" => o.models = PathBuf::from(val()),
+            "--ctx" => o.ctx = val().parse().unwrap_or_else(|_| usage()),
+            "--moby-tokens" => o.moby_tokens = val().parse().unwrap_or_else(|_| usage()),
+            "--sotu" => o.sotu_file = val(),
+            "--sotu-tokens" => o.sotu_tokens = val().parse().unwrap_or_else(|_| usage()),
+            "--worlds" => o.worlds = val().split(',').map(|s| s.parse().unwrap_or_else(|_| usage())).collect(),
+            "--configs" => o.cfgs = val(),
+            "--sotu-configs" => o.sotu_cfgs = Some(val()),
+            "--threads" => o.threads = val().parse().unwrap_or_else(|_| usage()),
+            "--markdown" => o.markdown = Some(PathBuf::from(val())),
+            "--write-fixture" => o.fixture = Some(PathBuf::from(val())),
+            "--layer-errors" => o.layer_errors = val().split(',').filter(|s| !s.is_empty()).map(String::from).collect(),
+            "--ablate" => o.ablate = Some(val()),
+            "--ablate-windows" => o.ablate_windows = val().parse().unwrap_or_else(|_| usage()),
+            "--fixture-layers" => o.fixture_layers = val(),
+            "--tokenize" => o.tokenize = Some(PathBuf::from(val())),
+            "--max-dppl-pct" => o.max_dppl_pct = Some(val().parse().unwrap_or_else(|_| usage())),
+            "-h" | "--help" => usage(),
+            _ => {
+                eprintln!("unknown argument {a}");
+                usage()
+            }
+        }
+    }
+    if o.quick {
+        o.ctx = 256;
+        o.moby_tokens = 512;
+        o.sotu_tokens = 0;
+        o.worlds = vec![4];
+        o.cfgs = "exact,int8-g128".into();
+        o.layer_errors = vec!["int8-g128@4".into()];
+    }
+    o
+}
+
+fn run_jobs<R: Send>(threads: usize, n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
+    let next = AtomicUsize::new(0);
+    let out: Mutex<Vec<Option<R>>> = Mutex::new((0..n).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let r = f(i);
+                out.lock().unwrap()[i] = Some(r);
+            });
+        }
+    });
+    out.into_inner().unwrap().into_iter().map(|r| r.unwrap()).collect()
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn load(opts: &Opts) -> Result<(Model, tokenizer::Tokenizer), String> {
+    let t0 = Instant::now();
+    let path = opts.models.join(GGUF_FILE);
+    let g = gguf::Gguf::open(&path).map_err(|e| format!("{e} (run tools/perplexity/fetch-assets.sh)"))?;
+    let model = Model::load(&g)?;
+    let tok = tokenizer::Tokenizer::from_gguf(&g)?;
+    eprintln!(
+        "loaded {} (GGUF v{}, {} tensors) in {:.1}s: {} layers, d={}, heads {}/{} kv, ff={}, vocab {}, rope base {}, add_bos {}",
+        path.display(),
+        g.version,
+        g.tensors.len(),
+        t0.elapsed().as_secs_f64(),
+        model.n_layer,
+        model.n_embd,
+        model.n_head,
+        model.n_head_kv,
+        model.n_ff,
+        model.n_vocab,
+        model.rope_base,
+        tok.add_bos
+    );
+    Ok((model, tok))
+}
+
+fn real_main() -> Result<(), String> {
+    let opts = parse_args();
+    let (model, tok) = load(&opts)?;
+
+    if opts.sanity {
+        return sanity(&opts, &model, &tok);
+    }
+    if let Some(p) = &opts.tokenize {
+        let ids = tok.encode(&read(p)?);
+        println!("{}", ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" "));
+        return Ok(());
+    }
+    if let Some(p) = &opts.fixture {
+        return write_fixture(&opts, &model, &tok, p);
+    }
+
+    if let Some(spec) = &opts.ablate {
+        return ablate(&opts, &model, &tok, spec);
+    }
+
+    let t_start = Instant::now();
+    let ctx = opts.ctx;
+    if opts.moby_tokens % ctx != 0 || opts.sotu_tokens % ctx != 0 || ctx % 32 != 0 {
+        return Err("token counts must be multiples of --ctx, and --ctx a multiple of 32".into());
+    }
+    let mut samples = Vec::new();
+    let moby = moby_text(&opts.models, 1..=40)?;
+    samples.push(Sample {
+        name: format!("Moby Dick ch. 1+, first {} tokens", opts.moby_tokens),
+        tokens: first_tokens(&tok, &moby, opts.moby_tokens, "Moby Dick")?,
+    });
+    if opts.sotu_tokens > 0 {
+        let text = read(&opts.models.join("text/sotu").join(&opts.sotu_file))?;
+        samples.push(Sample {
+            name: format!("SOTU {}, first {} tokens", opts.sotu_file.trim_end_matches(".txt"), opts.sotu_tokens),
+            tokens: first_tokens(&tok, &text, opts.sotu_tokens, &opts.sotu_file)?,
+        });
+    }
+    let cfgs_per_sample: Vec<Vec<Cfg>> = samples
+        .iter()
+        .enumerate()
+        .map(|(i, _)| {
+            if i == 0 {
+                cfg_set(&opts.cfgs)
+            } else {
+                cfg_set(opts.sotu_cfgs.as_deref().unwrap_or(&opts.cfgs))
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    let mut jobs = Vec::new();
+    for (si, s) in samples.iter().enumerate() {
+        let nwin = s.tokens.len() / ctx;
+        for &w in &opts.worlds {
+            for ci in 0..cfgs_per_sample[si].len() {
+                if !cfgs_per_sample[si][ci].applies(w) {
+                    continue;
+                }
+                for window in 0..nwin {
+                    jobs.push(Job { sample: si, world: w, cfg: ci, window });
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{} jobs ({} samples, worlds {:?}, windows of {ctx} tokens), {} threads",
+        jobs.len(),
+        samples.len(),
+        opts.worlds,
+        opts.threads
+    );
+    let done = AtomicUsize::new(0);
+    let results = run_jobs(opts.threads, jobs.len(), |i| {
+        let j = &jobs[i];
+        let toks = &samples[j.sample].tokens[j.window * ctx..(j.window + 1) * ctx];
+        let t0 = Instant::now();
+        let cfg = &cfgs_per_sample[j.sample][j.cfg];
+        let (r, stats) = match cfg.quant {
+            None => (model.forward_window(toks, j.world, &mut ExactComb, 1), None),
+            Some(q) => {
+                let mut c = ReducerComb::new(q, cfg, &model, None);
+                let r = model.forward_window(toks, j.world, &mut c, 1);
+                (r, Some(c.stats))
+            }
+        };
+        let dt = t0.elapsed().as_secs_f64();
+        let k = done.fetch_add(1, Ordering::Relaxed) + 1;
+        if k % 10 == 0 || k == jobs.len() {
+            eprintln!("  {k}/{} jobs, {:.0}s", jobs.len(), t_start.elapsed().as_secs_f64());
+        }
+        (r, stats, dt)
+    });
+    let mut agg: BTreeMap<(usize, usize, usize), Agg> = BTreeMap::new();
+    for (j, (r, stats, dt)) in jobs.iter().zip(results) {
+        let a = agg.entry((j.sample, j.world, j.cfg)).or_default();
+        a.nll += r.nll;
+        a.count += r.count;
+        a.cpu_s += dt;
+        if let Some(s) = stats {
+            match &mut a.stats {
+                Some(x) => x.add(&s),
+                None => a.stats = Some(s),
+            }
+        }
+    }
+    let wall = t_start.elapsed().as_secs_f64();
+
+    // ---- report ----
+    let mut md = String::new();
+    let mut failed = Vec::new();
+    for (si, s) in samples.iter().enumerate() {
+        let cfgs = &cfgs_per_sample[si];
+        let exact_i = cfgs.iter().position(|c| c.quant.is_none() && c.worlds.is_none());
+        md += &format!(
+            "\n### {}\n\n{} windows of {ctx} tokens, {} scored predictions per configuration.\n\n",
+            s.name,
+            s.tokens.len() / ctx,
+            s.tokens.len() / ctx * (ctx - 1)
+        );
+        md += "| W | configuration | PPL | ΔPPL | ΔPPL % | rel. err attn | rel. err mlp | CPU s |\n";
+        md += "|---|---|---:|---:|---:|---:|---:|---:|\n";
+        for &w in &opts.worlds {
+            let base = exact_i.map(|e| {
+                let a = &agg[&(si, w, e)];
+                (a.nll / a.count as f64).exp()
+            });
+            for (ci, c) in cfgs.iter().enumerate() {
+                let Some(a) = agg.get(&(si, w, ci)) else { continue };
+                let ppl = (a.nll / a.count as f64).exp();
+                let (d, dp) = match base {
+                    Some(b) if c.quant.is_some() => {
+                        (format!("{:+.4}", ppl - b), format!("{:+.3}%", (ppl / b - 1.0) * 100.0))
+                    }
+                    _ => ("".into(), "".into()),
+                };
+                let (ea, em) = match &a.stats {
+                    Some(st) => (format!("{:.2e}", st.rel_all(Kind::Attn)), format!("{:.2e}", st.rel_all(Kind::Mlp))),
+                    None => ("".into(), "".into()),
+                };
+                md += &format!("| {w} | {} | {ppl:.4} | {d} | {dp} | {ea} | {em} | {:.1} |\n", c.label(), a.cpu_s);
+                if let (Some(b), Some(max), Some(_)) = (base, opts.max_dppl_pct, c.quant) {
+                    if (ppl / b - 1.0) * 100.0 > max {
+                        failed.push(format!("{} W={w} {}: dPPL {:+.3}% > {max}%", s.name, c.short(), (ppl / b - 1.0) * 100.0));
+                    }
+                }
+            }
+        }
+    }
+    // per-layer error tables
+    for spec in &opts.layer_errors {
+        let (cs, ws) = spec.split_once('@').ok_or_else(|| format!("bad --layer-errors entry {spec:?}"))?;
+        let w: usize = ws.parse().map_err(|_| format!("bad world in {spec:?}"))?;
+        let want = parse_cfg(cs)?;
+        let Some(ci) = cfgs_per_sample[0].iter().position(|c| c.short() == want.short()) else { continue };
+        let Some(a) = agg.get(&(0, w, ci)) else { continue };
+        let Some(st) = &a.stats else { continue };
+        md += &format!(
+            "\n### Per-layer relative error, {} at W={w}, {}\n\n`‖reduced − exact‖₂ / ‖exact‖₂` over all tokens of the sample, where exact is the f64 sum of the f32 partials of the same run.\n\n",
+            want.label(),
+            samples[0].name
+        );
+        md += "| layer | attn_output | ffn_down |\n|---:|---:|---:|\n";
+        for l in 0..model.n_layer {
+            md += &format!("| {l} | {:.3e} | {:.3e} |\n", st.rel(l, Kind::Attn), st.rel(l, Kind::Mlp));
+        }
+    }
+    md += &format!("\nWall time: {wall:.1} s on {} threads.\n", opts.threads);
+    print!("{md}");
+    if let Some(p) = &opts.markdown {
+        std::fs::write(p, &md).map_err(|e| format!("writing {}: {e}", p.display()))?;
+    }
+    if !failed.is_empty() {
+        return Err(format!("dPPL threshold exceeded:\n  {}", failed.join("\n  ")));
+    }
+    Ok(())
+}
+
+/// Forward-pass correctness check against the numpy reference (PPL ~59.8 on
+/// the first 2,044 tokens of Moby Dick chapters 1-3). No TP (W=1).
+fn sanity(opts: &Opts, model: &Model, tok: &tokenizer::Tokenizer) -> Result<(), String> {
+    let text = moby_text(&opts.models, 1..=3)?;
+    let ids = tok.encode(&text);
+    eprintln!("Moby Dick ch. 1-3: {} chars, {} tokens", text.len(), ids.len());
+    eprintln!("first tokens: {:?}", &ids[..16]);
+    eprintln!("decoded: {:?}", tok.decode(&ids[..16]));
+    let t0 = Instant::now();
+    let variants: Vec<(&str, Vec<u32>, usize)> = {
+        let mut v = vec![("2,044 tokens, one sequence (2,043 predictions)", ids[..2044].to_vec(), 1)];
+        v.push(("2,045 tokens, one sequence (2,044 predictions)", ids[..2045].to_vec(), 1));
+        if let Some(b) = tok.bos {
+            let mut x = vec![b];
+            x.extend_from_slice(&ids[..2044]);
+            v.push(("BOS + 2,044 tokens (2,044 predictions)", x, 1));
+        }
+        v
+    };
+    let res = run_jobs(opts.threads, variants.len(), |i| {
+        model.forward_window(&variants[i].1, 1, &mut ExactComb, variants[i].2)
+    });
+    for ((name, _, _), r) in variants.iter().zip(res) {
+        println!("{name}: PPL {:.3} over {} predictions", (r.nll / r.count as f64).exp(), r.count);
+    }
+    // windows of 512 (511 predictions each): 4 windows = 2,044 predictions
+    let res = run_jobs(opts.threads, 4, |w| model.forward_window(&ids[w * 512..(w + 1) * 512], 1, &mut ExactComb, 1));
+    let (nll, cnt) = res.iter().fold((0.0, 0), |(a, b), r| (a + r.nll, b + r.count));
+    println!("4 windows of 512 tokens (2,044 predictions): PPL {:.3}", (nll / cnt as f64).exp());
+    eprintln!("{:.1}s", t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Fixture: W=4 row-parallel partial sums (bf16, as handed to the reducer) of
+/// the first 32 tokens of Moby Dick chapter 1 (positions 0..32 of a sequence),
+/// taken on the exact-sum trajectory. Format: tests/fixtures/README.md.
+fn write_fixture(opts: &Opts, model: &Model, tok: &tokenizer::Tokenizer, path: &Path) -> Result<(), String> {
+    const TOKENS: usize = 32;
+    const WORLD: usize = 4;
+    // "0a,11m,29m": layer number + a (attn_output) or m (ffn_down)
+    let want: Vec<(usize, Kind)> = opts
+        .fixture_layers
+        .split(',')
+        .map(|s| {
+            let (n, k) = s.split_at(s.len().saturating_sub(1));
+            let kind = match k {
+                "a" => Kind::Attn,
+                "m" => Kind::Mlp,
+                _ => return Err(format!("bad --fixture-layers entry {s:?}")),
+            };
+            Ok((n.parse().map_err(|_| format!("bad --fixture-layers entry {s:?}"))?, kind))
+        })
+        .collect::<Result<_, String>>()?;
+    let moby = moby_text(&opts.models, 1..=1)?;
+    let ids = first_tokens(tok, &moby, TOKENS, "Moby Dick")?;
+    let mut cap = CaptureComb { want: want.clone(), got: vec![] };
+    model.forward_window(&ids, WORLD, &mut cap, 1);
+    let mut out = Vec::new();
+    out.extend_from_slice(b"FCACTS01"); // magic, format version 01
+    out.extend_from_slice(&(cap.got.len() as u32).to_le_bytes());
+    for (layer, kind, parts) in &cap.got {
+        for v in [*layer as u32, *kind as u32, WORLD as u32, TOKENS as u32, model.n_embd as u32] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for p in parts {
+            for x in p {
+                out.extend_from_slice(&x.to_bits().to_le_bytes());
+            }
+        }
+    }
+    std::fs::write(path, &out).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    eprintln!("wrote {} ({} bytes, {} records; tokens {:?})", path.display(), out.len(), cap.got.len(), ids);
+    Ok(())
+}
+
+/// Which projections matter: run the Moby Dick sample's first windows with
+/// the reducer configuration applied at a single row-parallel projection (all
+/// others exact), for every projection in turn.
+fn ablate(opts: &Opts, model: &Model, tok: &tokenizer::Tokenizer, spec: &str) -> Result<(), String> {
+    let t_start = Instant::now();
+    let (cs, ws) = spec.split_once('@').ok_or("--ablate wants CFG@W, e.g. int4-g128@4")?;
+    let world: usize = ws.parse().map_err(|_| format!("bad world in {spec:?}"))?;
+    let cfg = parse_cfg(cs)?;
+    let q = cfg.quant.ok_or("--ablate needs a reducer configuration")?;
+    let ctx = opts.ctx;
+    let nwin = opts.ablate_windows;
+    let moby = moby_text(&opts.models, 1..=40)?;
+    let tokens = first_tokens(tok, &moby, nwin * ctx, "Moby Dick")?;
+    // variant 0: exact; 1: everywhere; 2 + 2*layer + kind: only there
+    let nvar = 2 + 2 * model.n_layer;
+    let res = run_jobs(opts.threads, nvar * nwin, |i| {
+        let (v, w) = (i / nwin, i % nwin);
+        let toks = &tokens[w * ctx..(w + 1) * ctx];
+        let r = if v == 0 {
+            model.forward_window(toks, world, &mut ExactComb, 1)
+        } else {
+            let only = (v >= 2).then(|| ((v - 2) / 2, if (v - 2) % 2 == 0 { Kind::Attn } else { Kind::Mlp }));
+            model.forward_window(toks, world, &mut ReducerComb::new(q, &cfg, model, only), 1)
+        };
+        if (i + 1) % 20 == 0 {
+            eprintln!("  {}/{} jobs, {:.0}s", i + 1, nvar * nwin, t_start.elapsed().as_secs_f64());
+        }
+        r
+    });
+    let ppl: Vec<f64> = (0..nvar)
+        .map(|v| {
+            let (nll, cnt) = res[v * nwin..(v + 1) * nwin].iter().fold((0.0, 0), |(a, b), r| (a + r.nll, b + r.count));
+            (nll / cnt as f64).exp()
+        })
+        .collect();
+    let pct = |p: f64| (p / ppl[0] - 1.0) * 100.0;
+    let mut md = format!(
+        "\n### Single-projection ablation, {} at W={world}, first {} tokens of the Moby Dick sample ({nwin} windows of {ctx})\n\n\
+         Exact PPL {:.4}; {} at every projection: PPL {:.4} ({:+.3}%). Below: ΔPPL % when only that one projection uses it.\n\n\
+         | layer | attn_output only | ffn_down only |\n|---:|---:|---:|\n",
+        cfg.label(),
+        nwin * ctx,
+        ppl[0],
+        cfg.label(),
+        ppl[1],
+        pct(ppl[1])
+    );
+    for l in 0..model.n_layer {
+        md += &format!("| {l} | {:+.3}% | {:+.3}% |\n", pct(ppl[2 + 2 * l]), pct(ppl[3 + 2 * l]));
+    }
+    md += &format!("\nWall time: {:.1} s on {} threads.\n", t_start.elapsed().as_secs_f64(), opts.threads);
+    print!("{md}");
+    if let Some(p) = &opts.markdown {
+        std::fs::write(p, &md).map_err(|e| format!("writing {}: {e}", p.display()))?;
+    }
+    Ok(())
+}
