@@ -2,7 +2,7 @@
 # The GPU suite in one command per side.
 #
 #   scripts/gpu-suite.sh stage            # here: build release test/bench/main binaries into .gpu-stage/
-#   scripts/gpu-suite.sh remote [WHAT..]  # on the GPU host (repo root): run them; WHAT = tests | bench | bench-transports | main
+#   scripts/gpu-suite.sh remote [WHAT..]  # on the GPU host (repo root): run them; WHAT = tests | bench | bench-phases | bench-transports | torch | main
 #
 # With the device tool: stage, then run
 #   bash scripts/gpu-suite.sh remote tests bench     (carry: [".gpu-stage"])
@@ -66,6 +66,10 @@ remote)
         mkdir -p "$out/transports"
         timeout 900 "$stage/bench-allreduce" --no-progress --no-plot --transports --sizes 1M,16M,64M,256M \
           --out "$out/transports" 2>&1 | tee "$out/transports.log" || status=1 ;;
+      torch)
+        mkdir -p "$out/torch"
+        PYTHONUNBUFFERED=1 timeout 600 python3 scripts/torch_baseline.py --worlds 2,4 --out "$out/torch" 2>&1 \
+          | tee "$out/torch.log" || status=1 ;;
       main)
         timeout 600 "$stage/flashcomm" 2>&1 | tee "$out/main.log" || status=1 ;;
       *) echo "unknown step $what"; status=2 ;;

@@ -234,6 +234,8 @@ pub struct SuggestedThresholds {
     pub oneshot_max_bytes: usize,
     /// Flash from this many bytes (`usize::MAX`: never faster).
     pub flash_min_bytes: usize,
+    /// NCCL instead of the unquantized two-shot from this many bytes.
+    pub nccl_min_bytes: usize,
 }
 
 /// Elements of each rank's host data block, tiled across large buffers.
@@ -437,8 +439,9 @@ pub fn run(opts: &BenchOptions, command: &str) -> crate::Result<Report> {
 
 /// `Auto` thresholds from measured rows: the one-shot up to the largest size
 /// below which it always beat the two-shot; Flash (INT8, the slowest allowed
-/// quantization) from the smallest size above which it always beat both
-/// unquantized algorithms.
+/// quantization) from the smallest size above which it always beat NCCL and
+/// both unquantized algorithms; NCCL from the smallest size above which it
+/// always beat both unquantized algorithms.
 pub fn suggest_thresholds(rows: &[Row], world: usize) -> Option<SuggestedThresholds> {
     let get = |label: &str, bytes: usize| {
         rows.iter().find(|r| r.world == world && r.bytes == bytes && r.contender == label).map(|r| r.median_us)
@@ -456,15 +459,23 @@ pub fn suggest_thresholds(rows: &[Row], world: usize) -> Option<SuggestedThresho
             _ => break,
         }
     }
+    let best_plain = |b: usize| [get("oneshot", b), get("twoshot", b)].into_iter().flatten().fold(f64::INFINITY, f64::min);
     let mut flash_min = usize::MAX;
     for &b in sizes.iter().rev() {
-        let best_plain = [get("oneshot", b), get("twoshot", b)].into_iter().flatten().fold(f64::INFINITY, f64::min);
+        let rival = best_plain(b).min(get("nccl", b).unwrap_or(f64::INFINITY));
         match get(&format!("flash-{}", Quantization::INT8.label()), b) {
-            Some(f) if f < best_plain => flash_min = b,
+            Some(f) if f < rival => flash_min = b,
             _ => break,
         }
     }
-    Some(SuggestedThresholds { world, oneshot_max_bytes: oneshot_max, flash_min_bytes: flash_min })
+    let mut nccl_min = usize::MAX;
+    for &b in sizes.iter().rev() {
+        match get("nccl", b) {
+            Some(n) if n < best_plain(b) => nccl_min = b,
+            _ => break,
+        }
+    }
+    Some(SuggestedThresholds { world, oneshot_max_bytes: oneshot_max, flash_min_bytes: flash_min, nccl_min_bytes: nccl_min })
 }
 
 /// `16 KiB`, `4 MiB`, ...
@@ -521,8 +532,8 @@ pub fn markdown(report: &Report) -> String {
     }
     for t in &report.suggested_thresholds {
         s += &format!(
-            "\nSuggested Auto thresholds for W={}: one-shot up to {} bytes, Flash from {} bytes\n",
-            t.world, t.oneshot_max_bytes, t.flash_min_bytes
+            "\nSuggested Auto thresholds for W={}: one-shot up to {} bytes, Flash from {} bytes, NCCL from {} bytes\n",
+            t.world, t.oneshot_max_bytes, t.flash_min_bytes, t.nccl_min_bytes
         );
     }
     s
@@ -643,10 +654,12 @@ mod tests {
             rows.push(row(4, b, "oneshot", [5.0, 6.0, 9.0, 30.0, 100.0][i], 50.0));
             rows.push(row(4, b, "twoshot", [8.0, 8.5, 10.0, 20.0, 60.0][i], 50.0));
             rows.push(row(4, b, &flash, [12.0, 12.0, 11.0, 15.0, 40.0][i], 50.0));
+            rows.push(row(4, b, "nccl", [20.0, 20.0, 20.0, 19.0, 50.0][i], 50.0));
         }
         let t = suggest_thresholds(&rows, 4).unwrap();
         assert_eq!(t.oneshot_max_bytes, 1 << 18);
         assert_eq!(t.flash_min_bytes, 1 << 20);
+        assert_eq!(t.nccl_min_bytes, 1 << 20);
         assert!(suggest_thresholds(&rows, 2).is_none());
     }
 

@@ -6,7 +6,8 @@
 //! - no GPU: the error of every quantization setting on LLM-like activations
 //!   (CPU reference reducer, which the GPU matches bit for bit).
 //!
-//! Subcommands: `codec-table`, `check`, `bench [--full] [--out DIR]`.
+//! Subcommands: `codec-table`, `check`, `bench [--full] [--out DIR]`,
+//! `ptx` (print the embedded PTX).
 use flashcomm::device::codec::{ShardLayout, GROUP_SIZES};
 use flashcomm::reference::{exact_sum_f64, reference_all_reduce, round_trip_group};
 use flashcomm::{Bits, Quantization};
@@ -20,8 +21,12 @@ fn main() -> ExitCode {
         Some("codec-table") => codec_table(),
         Some("check") => gpu_check(),
         Some("bench") => bench(&args[1..], gpus),
+        Some("ptx") => {
+            print!("{}", flashcomm::KERNELS.ptx);
+            Ok(())
+        }
         Some("help" | "--help" | "-h") => {
-            println!("usage: flashcomm [codec-table | check | bench [--full] [--out DIR]]");
+            println!("usage: flashcomm [codec-table | check | bench [--full] [--out DIR] | ptx]");
             Ok(())
         }
         Some(other) => Err(format!("unknown command {other:?} (try --help)")),

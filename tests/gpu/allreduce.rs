@@ -277,12 +277,14 @@ pub fn real_activations_bit_exact() -> TestResult {
 /// identical on every rank and within NCCL's bf16 rounding of the exact sum.
 pub fn auto_nccl_fallback() -> TestResult {
     let world = flashcomm::gpu_count().min(4);
-    let comm = communicator(world, Config::default())?;
+    // Explicit thresholds: the mechanism is tested, whatever the tuning table says.
+    let thresholds = flashcomm::Thresholds { oneshot_max_bytes: 0, flash_min_bytes: usize::MAX, nccl_min_bytes: 1 << 20 };
+    let comm = communicator(world, Config { thresholds: Some(thresholds), ..Config::default() })?;
     if !comm.has_nccl() {
         return Err("the NCCL fallback did not initialise (libnccl.so on LD_LIBRARY_PATH?)".into());
     }
     let mut rng = Rng::new(seed("allreduce::auto_nccl_fallback"));
-    let len = (comm.thresholds().nccl_min_bytes / 2).max(1 << 20);
+    let len = 1 << 20;
     if ctx(comm.plan(len, flashcomm::Dtype::Bf16, &CallOptions::default()), "plan")? != flashcomm::Plan::Nccl {
         return Err(format!("Auto did not choose NCCL at {len} elements (thresholds {:?})", comm.thresholds()).into());
     }
