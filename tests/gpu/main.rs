@@ -27,7 +27,7 @@ fn main() {
         ("allreduce::unquantized_is_rank_ordered_sum", 2, allreduce::unquantized_is_rank_ordered_sum),
         ("allreduce::per_rank_calls_from_threads", 2, allreduce::per_rank_calls_from_threads),
         ("allreduce::raw_entry_point", 2, allreduce::raw_entry_point),
-        ("allreduce::real_activations_bit_exact", 2, allreduce::real_activations_bit_exact),
+        ("allreduce::real_activations_bit_exact", 4, allreduce::real_activations_bit_exact),
         ("allreduce::nccl_baseline_agrees", 2, allreduce::nccl_baseline_agrees),
         ("allreduce::auto_nccl_fallback", 2, allreduce::auto_nccl_fallback),
         ("failure::watchdog_missing_rank", 2, failure::watchdog_missing_rank),

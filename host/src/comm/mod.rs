@@ -471,6 +471,12 @@ impl Communicator {
 
     /// One rank's part of an all-reduce, for engines that drive each GPU from
     /// its own thread. Every rank must make the matching call.
+    ///
+    /// When the call may go to NCCL (`Algorithm::Nccl`, or `Auto` with
+    /// `Config::nccl_fallback` at sizes from `Thresholds::nccl_min_bytes`),
+    /// each rank's call must come from its own thread: NCCL blocks a thread
+    /// that issues several ranks' calls outside a group. From one thread, use
+    /// [`Communicator::all_reduce`] / [`Communicator::all_reduce_in_place`].
     pub fn all_reduce_rank<T: HostElement>(
         &self,
         rank: usize,

@@ -1,5 +1,5 @@
 //! f32 matrix products through the `matrixmultiply` crate (blocked, packed,
-//! AVX2/FMA micro-kernels picked at run time; single-threaded here: the
+//! AVX-512/AVX2+FMA micro-kernels picked at run time; single-threaded here: the
 //! program runs one forward pass per core instead).
 
 /// `y[t][n] = sum_k x[t*xs + xo + k] * w[n*ws + wo + k]` for t < rows, n < out, k < inner.
