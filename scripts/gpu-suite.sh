@@ -30,7 +30,7 @@ stage)
         allreduce-*) cp "$e" "$stage/bench-allreduce" ;;
       esac
     done
-  cp target/nvptx-kernels/nvptx64-nvidia-cuda/release/flashcomm_kernels.ptx "$stage/"
+  "$stage/flashcomm" ptx > "$stage/flashcomm_kernels.ptx"   # the embedded PTX, launch bounds included
   ls -la "$stage"
   ;;
 remote)

@@ -22,7 +22,9 @@ fn main() -> ExitCode {
         Some("check") => gpu_check(),
         Some("bench") => bench(&args[1..], gpus),
         Some("ptx") => {
-            print!("{}", flashcomm::KERNELS.ptx);
+            use std::io::Write;
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = std::io::stdout().write_all(flashcomm::KERNELS.ptx.as_bytes());
             Ok(())
         }
         Some("help" | "--help" | "-h") => {

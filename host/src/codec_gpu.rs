@@ -3,7 +3,7 @@
 use crate::config::{Bits, Quantization};
 use crate::element::HostElement;
 use crate::error::{Error, Result};
-use crate::kernels::{self, KernelImage};
+use crate::kernels::{Kernel, KernelImage};
 use crate::raw;
 use crate::reference::blob_layout;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
@@ -14,7 +14,7 @@ use std::sync::Arc;
 pub struct GpuCodec {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    functions: Vec<(String, CudaFunction)>,
+    functions: Vec<(Kernel, CudaFunction)>,
 }
 
 impl GpuCodec {
@@ -28,9 +28,9 @@ impl GpuCodec {
         let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(image.ptx))?;
         let mut functions = Vec::new();
         for dtype in [crate::Dtype::Bf16, crate::Dtype::F16] {
-            for name in [kernels::codec_quantize(dtype), kernels::codec_dequantize(dtype)] {
-                let f = module.load_function(&name).map_err(|_| Error::MissingKernel { name: name.clone() })?;
-                functions.push((name, f));
+            for k in [Kernel::CodecQuantize(dtype), Kernel::CodecDequantize(dtype)] {
+                let f = module.load_function(&k.name()).map_err(|_| Error::MissingKernel { name: k.name() })?;
+                functions.push((k, f));
             }
         }
         Ok(Self { ctx, stream, functions })
@@ -46,8 +46,8 @@ impl GpuCodec {
         &self.stream
     }
 
-    fn function(&self, name: &str) -> &CudaFunction {
-        &self.functions.iter().find(|(n, _)| n == name).expect("codec kernel loaded in new()").1
+    fn function(&self, kernel: Kernel) -> &CudaFunction {
+        &self.functions.iter().find(|(k, _)| *k == kernel).expect("codec kernel loaded in new()").1
     }
 
     /// Bytes of the blob for `len` elements.
@@ -55,7 +55,7 @@ impl GpuCodec {
         blob_layout(len, bits, group_size).total_bytes()
     }
 
-    fn launch(&self, name: &str, a: u64, len: usize, group_size: usize, bits: Bits, b: u64) -> Result<()> {
+    fn launch(&self, kernel: Kernel, a: u64, len: usize, group_size: usize, bits: Bits, b: u64) -> Result<()> {
         Quantization::Int { rs_bits: bits, ag_bits: bits, group_size }.validate()?;
         let tiles = blob_layout(len, bits, group_size).slots().div_ceil(TILE_ELEMS);
         let blocks = tiles.clamp(1, 4096) as u32;
@@ -71,7 +71,7 @@ impl GpuCodec {
         // SAFETY: the context is bound; the codec kernels take
         // (ptr, u64, u32, u32, ptr); the callers pass buffers sized for `len`
         // elements and the blob layout, ordered on this stream.
-        unsafe { raw::launch::launch_with_params(self.function(name).cu_function(), blocks, THREADS, self.stream.cu_stream(), &mut params)? };
+        unsafe { raw::launch::launch_with_params(self.function(kernel).cu_function(), blocks, THREADS, self.stream.cu_stream(), &mut params)? };
         Ok(())
     }
 
@@ -83,7 +83,7 @@ impl GpuCodec {
         }
         let (src, _r) = input.device_ptr(&self.stream);
         let (dst, _w) = blob.device_ptr_mut(&self.stream);
-        self.launch(&kernels::codec_quantize(T::DTYPE), src, input.len(), group_size, bits, dst)
+        self.launch(Kernel::CodecQuantize(T::DTYPE), src, input.len(), group_size, bits, dst)
     }
 
     /// Decodes `blob` into `output`.
@@ -95,6 +95,6 @@ impl GpuCodec {
         let len = output.len();
         let (src, _r) = blob.device_ptr(&self.stream);
         let (dst, _w) = output.device_ptr_mut(&self.stream);
-        self.launch(&kernels::codec_dequantize(T::DTYPE), src, len, group_size, bits, dst)
+        self.launch(Kernel::CodecDequantize(T::DTYPE), src, len, group_size, bits, dst)
     }
 }

@@ -240,7 +240,11 @@ pub struct Config {
     /// Algorithm for every call (per-call overrides exist).
     pub algorithm: Algorithm,
     /// Watchdog: a rank gives up waiting for a peer after this long and the
-    /// host gets [`Error::PeerTimeout`]. `None` waits forever.
+    /// host gets [`Error::PeerTimeout`]. `None` waits forever. The clock runs
+    /// from when a rank's kernel reaches a barrier, so ranks whose streams
+    /// reach the collective further apart than this (one rank still busy with
+    /// a long kernel, first-call warm-up) also time out: raise it for such
+    /// workloads. Default 200 ms.
     pub timeout: Option<Duration>,
     /// Largest piece (elements) one kernel launch handles; sizes the staging
     /// buffers. Larger messages run in pieces.

@@ -1,5 +1,5 @@
-//! Names of the kernels in the device crate's PTX, and the PTX image.
-use crate::config::Quantization;
+//! The kernels in the device crate's PTX: typed keys and their names.
+use crate::config::{Bits, Quantization};
 use flashcomm_kernels::codec::Dtype;
 
 /// A PTX module holding flashcomm's kernels (the facade crate embeds the one
@@ -10,6 +10,22 @@ pub struct KernelImage {
     pub ptx: &'static str,
 }
 
+/// One kernel entry point. A small `Copy` key, so the launch path looks
+/// kernels up without building their names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// `allreduce_oneshot_<dtype>`.
+    OneShot(Dtype),
+    /// `allreduce_twoshot_<dtype>_raw` (bits 16, 16) or `..._q<rs>q<ag>`.
+    TwoShot(Dtype, u32, u32),
+    /// `codec_quantize_<dtype>`.
+    CodecQuantize(Dtype),
+    /// `codec_dequantize_<dtype>`.
+    CodecDequantize(Dtype),
+    /// `peer_probe`.
+    PeerProbe,
+}
+
 fn dtype_name(dtype: Dtype) -> &'static str {
     match dtype {
         Dtype::Bf16 => "bf16",
@@ -17,45 +33,41 @@ fn dtype_name(dtype: Dtype) -> &'static str {
     }
 }
 
-/// `allreduce_twoshot_<dtype>_raw` or `allreduce_twoshot_<dtype>_q<rs>q<ag>`.
-pub fn twoshot(dtype: Dtype, quant: &Quantization) -> String {
-    match quant.kernel_bits() {
-        (16, 16) => format!("allreduce_twoshot_{}_raw", dtype_name(dtype)),
-        (rs, ag) => format!("allreduce_twoshot_{}_q{rs}q{ag}", dtype_name(dtype)),
+impl Kernel {
+    /// The two-shot kernel for `quant`.
+    pub fn twoshot(dtype: Dtype, quant: &Quantization) -> Self {
+        let (rs, ag) = quant.kernel_bits();
+        Kernel::TwoShot(dtype, rs, ag)
+    }
+
+    /// The entry point's name in the PTX.
+    pub fn name(&self) -> String {
+        match *self {
+            Kernel::OneShot(d) => format!("allreduce_oneshot_{}", dtype_name(d)),
+            Kernel::TwoShot(d, 16, 16) => format!("allreduce_twoshot_{}_raw", dtype_name(d)),
+            Kernel::TwoShot(d, rs, ag) => format!("allreduce_twoshot_{}_q{rs}q{ag}", dtype_name(d)),
+            Kernel::CodecQuantize(d) => format!("codec_quantize_{}", dtype_name(d)),
+            Kernel::CodecDequantize(d) => format!("codec_dequantize_{}", dtype_name(d)),
+            Kernel::PeerProbe => "peer_probe".into(),
+        }
+    }
+
+    /// Every kernel the host may launch.
+    pub fn all() -> Vec<Kernel> {
+        let mut all = vec![Kernel::PeerProbe];
+        for d in [Dtype::Bf16, Dtype::F16] {
+            all.extend([Kernel::OneShot(d), Kernel::CodecQuantize(d), Kernel::CodecDequantize(d), Kernel::TwoShot(d, 16, 16)]);
+            for rs in Bits::ALL {
+                for ag in Bits::ALL {
+                    all.push(Kernel::TwoShot(d, rs.bits(), ag.bits()));
+                }
+            }
+        }
+        all
     }
 }
-
-/// `allreduce_oneshot_<dtype>`.
-pub fn oneshot(dtype: Dtype) -> String {
-    format!("allreduce_oneshot_{}", dtype_name(dtype))
-}
-
-/// `codec_quantize_<dtype>`.
-pub fn codec_quantize(dtype: Dtype) -> String {
-    format!("codec_quantize_{}", dtype_name(dtype))
-}
-
-/// `codec_dequantize_<dtype>`.
-pub fn codec_dequantize(dtype: Dtype) -> String {
-    format!("codec_dequantize_{}", dtype_name(dtype))
-}
-
-/// The peer-access probe.
-pub const PEER_PROBE: &str = "peer_probe";
 
 /// Every kernel name the host may launch.
 pub fn all() -> Vec<String> {
-    let mut names = vec![PEER_PROBE.to_string()];
-    for dtype in [Dtype::Bf16, Dtype::F16] {
-        names.push(oneshot(dtype));
-        names.push(codec_quantize(dtype));
-        names.push(codec_dequantize(dtype));
-        names.push(twoshot(dtype, &Quantization::None));
-        for rs in crate::Bits::ALL {
-            for ag in crate::Bits::ALL {
-                names.push(twoshot(dtype, &Quantization::Int { rs_bits: rs, ag_bits: ag, group_size: 128 }));
-            }
-        }
-    }
-    names
+    Kernel::all().iter().map(Kernel::name).collect()
 }

@@ -21,7 +21,7 @@ use crate::config::{Algorithm, Config, Quantization, Thresholds, Transport};
 use crate::device::{gpu_count, PeerBuffer};
 use crate::element::HostElement;
 use crate::error::{Error, Result};
-use crate::kernels::{self, KernelImage};
+use crate::kernels::{Kernel, KernelImage};
 use crate::raw;
 use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use flashcomm_kernels::abi::{sync_area, CollectiveArgs, ErrorWord, ShardGeometry, MAX_BLOCKS, MAX_WORLD, THREADS};
@@ -76,7 +76,10 @@ struct Rank {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     _module: Arc<CudaModule>,
-    functions: HashMap<String, CudaFunction>,
+    functions: HashMap<Kernel, CudaFunction>,
+    /// This rank's kernel arguments with every per-communicator field filled
+    /// in (peer pointers, rank, world, stride); a call sets the rest.
+    args: CollectiveArgs,
     staging_in: PeerBuffer,
     staging_out: PeerBuffer,
     sync: PeerBuffer,
@@ -92,8 +95,7 @@ pub struct Communicator {
     thresholds: Thresholds,
     /// Blocks every rank can keep resident at once, per kernel (the minimum
     /// over ranks, so every rank launches the same grid).
-    resident_blocks: HashMap<String, u32>,
-    shard_stride: usize,
+    resident_blocks: HashMap<Kernel, u32>,
     gpu_name: String,
     poisoned: Mutex<Option<String>>,
     #[cfg(feature = "nccl")]
@@ -173,20 +175,18 @@ impl Communicator {
         let shard_stride = ShardLayout::new(max_groups, RAW_SHARD_UNIT, 16).total_bytes().next_multiple_of(256);
 
         // Load the module on every GPU in parallel (the driver JIT-compiles the PTX).
-        let names = kernels::all();
-        let loaded: Vec<Result<(Arc<CudaModule>, HashMap<String, CudaFunction>)>> = std::thread::scope(|s| {
+        let all_kernels = Kernel::all();
+        let loaded: Vec<Result<(Arc<CudaModule>, HashMap<Kernel, CudaFunction>)>> = std::thread::scope(|s| {
             let handles: Vec<_> = ctxs
                 .iter()
                 .map(|ctx| {
-                    let names = &names;
+                    let all_kernels = &all_kernels;
                     s.spawn(move || -> Result<_> {
                         let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(image.ptx))?;
                         let mut functions = HashMap::new();
-                        for name in names {
-                            let f = module
-                                .load_function(name)
-                                .map_err(|_| Error::MissingKernel { name: name.clone() })?;
-                            functions.insert(name.clone(), f);
+                        for &k in all_kernels {
+                            let f = module.load_function(&k.name()).map_err(|_| Error::MissingKernel { name: k.name() })?;
+                            functions.insert(k, f);
                         }
                         Ok((module, functions))
                     })
@@ -196,7 +196,7 @@ impl Communicator {
         });
 
         let mut ranks = Vec::with_capacity(world);
-        for ((&device, ctx), loaded) in devices.iter().zip(&ctxs).zip(loaded) {
+        for (rank, ((&device, ctx), loaded)) in devices.iter().zip(&ctxs).zip(loaded).enumerate() {
             let (module, functions) = loaded?;
             ranks.push(Rank {
                 device,
@@ -207,22 +207,55 @@ impl Communicator {
                 ctx: ctx.clone(),
                 _module: module,
                 functions,
+                args: CollectiveArgs {
+                    input: 0,
+                    output: 0,
+                    len: 0,
+                    staging_in: [0; MAX_WORLD],
+                    staging_out: [0; MAX_WORLD],
+                    sync: [0; MAX_WORLD],
+                    shard_stride: shard_stride as u64,
+                    timeout_ns: config.timeout.map_or(0, |t| t.as_nanos().min(u64::MAX as u128) as u64),
+                    rank: rank as u32,
+                    world: world as u32,
+                    group_size: 0,
+                    tag: 0,
+                    transport: 0,
+                    _pad: 0,
+                },
                 launch: Mutex::new(()),
             });
         }
+        // Every rank's peer pointers, once: with peer access enabled a
+        // cuMemAlloc address is valid on every GPU of the communicator.
+        let (ins, outs, syncs): (Vec<u64>, Vec<u64>, Vec<u64>) =
+            ranks.iter().map(|r| (r.staging_in.ptr(), r.staging_out.ptr(), r.sync.ptr())).fold(
+                (vec![], vec![], vec![]),
+                |(mut a, mut b, mut c), (x, y, z)| {
+                    a.push(x);
+                    b.push(y);
+                    c.push(z);
+                    (a, b, c)
+                },
+            );
+        for r in &mut ranks {
+            r.args.staging_in[..world].copy_from_slice(&ins);
+            r.args.staging_out[..world].copy_from_slice(&outs);
+            r.args.sync[..world].copy_from_slice(&syncs);
+        }
 
         let mut resident_blocks = HashMap::new();
-        for name in &names {
+        for &k in &all_kernels {
             let mut fewest = MAX_BLOCKS as u32;
             for rank in &ranks {
                 let sms = rank.ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
-                let per_sm = rank.functions[name].occupancy_max_active_blocks_per_multiprocessor(THREADS, 0, None)?;
+                let per_sm = rank.functions[&k].occupancy_max_active_blocks_per_multiprocessor(THREADS, 0, None)?;
                 fewest = fewest.min(sms * per_sm.max(0) as u32);
             }
             if fewest == 0 {
-                return Err(Error::InvalidConfig(format!("kernel {name} cannot launch {THREADS} threads per block on these GPUs")));
+                return Err(Error::InvalidConfig(format!("kernel {} cannot launch {THREADS} threads per block on these GPUs", k.name())));
             }
-            resident_blocks.insert(name.clone(), fewest);
+            resident_blocks.insert(k, fewest);
         }
 
         let gpu_name = ranks[0].ctx.name()?;
@@ -238,7 +271,6 @@ impl Communicator {
             config,
             thresholds,
             resident_blocks,
-            shard_stride,
             gpu_name,
             poisoned: Mutex::new(None),
             #[cfg(feature = "nccl")]
@@ -275,7 +307,7 @@ impl Communicator {
                 // `local` a's own; we synchronise before they can go away.
                 unsafe {
                     raw::launch::launch_with_params(
-                        a.functions[kernels::PEER_PROBE].cu_function(),
+                        a.functions[&Kernel::PeerProbe].cu_function(),
                         1,
                         32,
                         a.stream.cu_stream(),
@@ -412,7 +444,7 @@ impl Communicator {
     ) -> Result<()> {
         self.check_usable()?;
         let world = self.world_size();
-        for (got, _) in [(inputs.len(), 0), (outputs.len(), 1)] {
+        for got in [inputs.len(), outputs.len()] {
             if got != world {
                 return Err(Error::BufferCount { world, got });
             }
@@ -609,40 +641,20 @@ impl Communicator {
             }
             return Err(Error::Nccl("NCCL is not available to this communicator".into()));
         }
-        let (name, group_size) = match plan {
+        let (kernel, group_size) = match plan {
             Plan::Nccl => unreachable!("handled above"),
-            Plan::OneShot => (kernels::oneshot(dtype), CHUNK),
-            Plan::TwoShot(q @ Quantization::None) => (kernels::twoshot(dtype, &q), RAW_SHARD_UNIT),
-            Plan::TwoShot(q @ Quantization::Int { group_size, .. }) => (kernels::twoshot(dtype, &q), group_size),
+            Plan::OneShot => (Kernel::OneShot(dtype), CHUNK),
+            Plan::TwoShot(q @ Quantization::None) => (Kernel::twoshot(dtype, &q), RAW_SHARD_UNIT),
+            Plan::TwoShot(q @ Quantization::Int { group_size, .. }) => (Kernel::twoshot(dtype, &q), group_size),
         };
-        let func = r.functions.get(&name).ok_or_else(|| Error::MissingKernel { name: name.clone() })?;
-        let resident = self.resident_blocks[&name];
-        let (rs, ag) = match plan {
-            Plan::TwoShot(q) => q.kernel_bits(),
+        let func = r.functions.get(&kernel).ok_or_else(|| Error::MissingKernel { name: kernel.name() })?;
+        let resident = self.resident_blocks[&kernel];
+        let (rs, ag) = match kernel {
+            Kernel::TwoShot(_, rs, ag) => (rs, ag),
             _ => (16, 16),
         };
         let transport = opts.transport.unwrap_or(self.config.transport).bits() | opts.diagnostic_skip;
-        let mut args = CollectiveArgs {
-            input: 0,
-            output: 0,
-            len: 0,
-            staging_in: [0; MAX_WORLD],
-            staging_out: [0; MAX_WORLD],
-            sync: [0; MAX_WORLD],
-            shard_stride: self.shard_stride as u64,
-            timeout_ns: self.config.timeout.map_or(0, |t| t.as_nanos().min(u64::MAX as u128) as u64),
-            rank: rank as u32,
-            world: world as u32,
-            group_size: group_size as u32,
-            tag: 0,
-            transport,
-            _pad: 0,
-        };
-        for (i, peer) in self.ranks.iter().enumerate() {
-            args.staging_in[i] = peer.staging_in.ptr();
-            args.staging_out[i] = peer.staging_out.ptr();
-            args.sync[i] = peer.sync.ptr();
-        }
+        let mut args = CollectiveArgs { group_size: group_size as u32, transport, ..r.args };
         let piece = self.piece_elems(plan);
         let _one_at_a_time = r.launch.lock().unwrap();
         r.ctx.bind_to_thread()?;
