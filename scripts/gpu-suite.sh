@@ -2,7 +2,7 @@
 # The GPU suite in one command per side.
 #
 #   scripts/gpu-suite.sh stage            # here: build release test/bench/main binaries into .gpu-stage/
-#   scripts/gpu-suite.sh remote [WHAT..]  # on the GPU host (repo root): run them; WHAT = tests | bench | bench-phases | bench-transports | torch | main
+#   scripts/gpu-suite.sh remote [WHAT..]  # on the GPU host (repo root): run them; WHAT = tests | bench | bench-phases | bench-transports | bench-pieces | torch | main
 #
 # With the device tool: stage, then run
 #   bash scripts/gpu-suite.sh remote tests bench     (carry: [".gpu-stage"])
@@ -66,6 +66,13 @@ remote)
         mkdir -p "$out/transports"
         timeout 900 "$stage/bench-allreduce" --no-progress --no-plot --transports --sizes 1M,16M,64M,256M \
           --out "$out/transports" 2>&1 | tee "$out/transports.log" || status=1 ;;
+      bench-pieces)
+        # Piece-size sweep (FLASHCOMM_MAX_PIECE_ELEMS; PIECES overrides the list).
+        for p in ${PIECES:-4194304 8388608 16777216 33554432}; do
+          mkdir -p "$out/pieces-$p"
+          FLASHCOMM_MAX_PIECE_ELEMS=$p timeout 900 "$stage/bench-allreduce" --no-progress --no-plot --worlds 4 \
+            --sizes ${PIECE_SIZES:-16M,64M,256M} --out "$out/pieces-$p" 2>&1 | tee "$out/pieces-$p.log" || status=1
+        done ;;
       torch)
         mkdir -p "$out/torch"
         PYTHONUNBUFFERED=1 timeout 600 python3 scripts/torch_baseline.py --worlds 2,4 --out "$out/torch" 2>&1 \

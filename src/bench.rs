@@ -355,7 +355,8 @@ pub fn run(opts: &BenchOptions, command: &str) -> crate::Result<Report> {
             bar.inc((opts.sizes.len() * opts.contenders.len()) as u64);
             continue;
         }
-        let comm = Communicator::new(&(0..world).collect::<Vec<_>>(), Config::default(), &crate::KERNELS)?;
+        // Environment overrides apply (e.g. `FLASHCOMM_MAX_PIECE_ELEMS` for piece-size sweeps).
+        let comm = Communicator::new(&(0..world).collect::<Vec<_>>(), Config::default().with_env_overrides()?, &crate::KERNELS)?;
         gpu = comm.gpu_name().to_string();
         // One stream per rank drives everything: cudarc's per-buffer event
         // bookkeeping would only add host work, equally for every contender.

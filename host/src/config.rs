@@ -276,7 +276,8 @@ impl Default for Config {
 impl Config {
     /// Applies environment overrides: `FLASHCOMM_ALGO`, `FLASHCOMM_QUANT`,
     /// `FLASHCOMM_TIMEOUT_MS` (0 = no watchdog), `FLASHCOMM_ONESHOT_MAX_BYTES`,
-    /// `FLASHCOMM_FLASH_MIN_BYTES`, `FLASHCOMM_TRANSPORT` (push, pull, push-pull, pull-push).
+    /// `FLASHCOMM_FLASH_MIN_BYTES`, `FLASHCOMM_TRANSPORT` (push, pull, push-pull, pull-push),
+    /// `FLASHCOMM_MAX_PIECE_ELEMS`.
     pub fn with_env_overrides(mut self) -> Result<Self> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         let num = |k: &str, v: String| {
@@ -294,6 +295,9 @@ impl Config {
         if let Some(v) = var("FLASHCOMM_TIMEOUT_MS") {
             let ms = num("FLASHCOMM_TIMEOUT_MS", v)?;
             self.timeout = (ms > 0).then(|| Duration::from_millis(ms as u64));
+        }
+        if let Some(v) = var("FLASHCOMM_MAX_PIECE_ELEMS") {
+            self.max_piece_elems = num("FLASHCOMM_MAX_PIECE_ELEMS", v)?;
         }
         let one = var("FLASHCOMM_ONESHOT_MAX_BYTES").map(|v| num("FLASHCOMM_ONESHOT_MAX_BYTES", v)).transpose()?;
         let flash = var("FLASHCOMM_FLASH_MIN_BYTES").map(|v| num("FLASHCOMM_FLASH_MIN_BYTES", v)).transpose()?;

@@ -96,8 +96,12 @@ pub struct CollectiveArgs {
     pub input: u64,
     /// This rank's output, `len` elements, 16-byte aligned (may equal `input`).
     pub output: u64,
-    /// Elements in this call (one piece of a larger message).
+    /// Elements in this call.
     pub len: u64,
+    /// Two-shot: elements per piece (a multiple of 512; the staging buffers
+    /// hold one piece). The kernel runs `ceil(len / piece_len)` pieces back to
+    /// back, every piece with the geometry of a full one. One-shot: `len`.
+    pub piece_len: u64,
     /// Phase-1 staging of each rank: `world` shard blobs, `shard_stride` apart.
     pub staging_in: [u64; MAX_WORLD],
     /// Phase-2 staging of each rank: the blob of the shard it owns.
@@ -123,7 +127,7 @@ pub struct CollectiveArgs {
     pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<CollectiveArgs>() == 8 * 3 + 8 * MAX_WORLD * 3 + 16 + 24);
+const _: () = assert!(core::mem::size_of::<CollectiveArgs>() == 8 * 4 + 8 * MAX_WORLD * 3 + 16 + 24);
 
 /// Transport bits of [`CollectiveArgs::transport`].
 ///

@@ -1,7 +1,7 @@
 //! Measured thresholds for [`Algorithm::Auto`](crate::Algorithm::Auto), per
 //! GPU model and world size. Every number is a crossover read off the
 //! benchmark harness (eager, one host thread, NCCL in the same run): the
-//! "Suggested Auto thresholds" lines of run `docs/bench/run-2026-11-28-final`
+//! "Suggested Auto thresholds" lines of run `docs/bench/run-2026-11-28-pipelined`
 //! (see docs/benchmarks.md). Override with `Config::thresholds` or the
 //! `FLASHCOMM_*_BYTES` variables.
 use crate::config::Thresholds;
@@ -13,15 +13,16 @@ const MIB: usize = 1 << 20;
 pub fn builtin(gpu_name: &str, world: usize) -> Thresholds {
     let h200 = gpu_name.contains("H200");
     match (h200, world) {
-        // 2x H200: the one-shot up to 16 KiB; Flash INT8 beats NCCL and the
+        // 2x H200: the one-shot up to 2 MiB (19.6 vs 20.1 us for the
+        // two-shot there, equal at 4 MiB); Flash INT8 beats NCCL and the
         // unquantized kernels from 4 MiB; the unquantized two-shot beat NCCL
-        // at every size up to 256 MiB (883.8 vs 893.4 us there), so no NCCL.
-        (true, 2) => Thresholds { oneshot_max_bytes: 16 * KIB, flash_min_bytes: 4 * MIB, nccl_min_bytes: usize::MAX },
-        // 4x H200 (NV18 all to all): the two-shot matched or beat the one-shot
-        // at every size (within noise below 64 KiB); Flash INT8 from 4 MiB;
-        // NCCL beats the unquantized two-shot from 128 MiB (623.6 vs 642.3 us).
+        // at every size up to 256 MiB (774.8 vs 894.9 us there), so no NCCL.
+        (true, 2) => Thresholds { oneshot_max_bytes: 2 * MIB, flash_min_bytes: 4 * MIB, nccl_min_bytes: usize::MAX },
+        // 4x H200 (NV18 all to all): the one-shot up to 32 KiB, then the
+        // two-shot; Flash INT8 from 4 MiB; the pipelined two-shot beat NCCL
+        // at every size up to 256 MiB (1168.5 vs 1190.3 us there), so no NCCL.
         // W = 3 (not measured) uses these.
-        (true, _) => Thresholds { oneshot_max_bytes: 0, flash_min_bytes: 4 * MIB, nccl_min_bytes: 128 * MIB },
+        (true, _) => Thresholds { oneshot_max_bytes: 32 * KIB, flash_min_bytes: 4 * MIB, nccl_min_bytes: usize::MAX },
         // Unmeasured GPUs: conservative guesses.
         _ => Thresholds { oneshot_max_bytes: 64 * KIB, flash_min_bytes: 8 * MIB, nccl_min_bytes: 8 * MIB },
     }

@@ -51,7 +51,11 @@ impl GroupParams {
     /// The value of code `q` (`q <= 2^bits - 1`).
     #[inline(always)]
     pub fn decode(&self, q: u32, bits: u32) -> f32 {
-        let k = (2 * q as i32 - levels(bits) as i32) as f32;
+        // k = 2q - L as an f32, exactly: `2^23 + q` has q in its mantissa
+        // (bit operations and two exact float operations instead of an
+        // integer-to-float conversion, a quarter-rate instruction on GPUs).
+        let q_f = f32::from_bits(ROUND_MAGIC_BITS | q) - ROUND_MAGIC;
+        let k = q_f * 2.0 - levels(bits) as f32;
         self.center + k * self.half_step
     }
 }
@@ -86,13 +90,15 @@ pub fn nan_max(a: f32, b: f32) -> f32 {
 
 /// Encodes the elements of one group (precomputes the reciprocal step).
 ///
-/// `code = clamp(rne(((x - center) * pre) * inv + L/2), 0, L)` with
+/// `code = rne(clamp(((x - center) * pre) * inv + L/2, 0, L))` with
 /// `inv = 1 / (step * pre)`, where `pre` is 1, or 2^64 when the step is so
 /// small (< 2^-100, subnormal spread) that its reciprocal would overflow.
 /// Multiplying by a power of two is exact, so for ordinary groups this is
 /// `(x - center) * (1 / step)`; no element ever needs a division (a per-element
 /// branch to a division was if-converted by LLVM into a division for every
-/// element, measured as the stage's main cost).
+/// element, measured as the stage's main cost). Constant and non-finite
+/// groups get `inv = 0` and `L/2 = 0`, so every element lands on 0 without a
+/// per-element select (a NaN clamps to 0).
 #[derive(Clone, Copy, Debug)]
 pub struct Encoder {
     center: f32,
@@ -100,12 +106,13 @@ pub struct Encoder {
     inv: f32,
     half_levels: f32,
     top: f32,
-    live: bool,
 }
 
-/// Adding and subtracting 2^23 rounds an f32 in [0, 2^23) to an integer,
-/// ties to even, with two ordinary IEEE additions on any target.
+/// Adding 2^23 to an f32 in [0, 2^23) rounds it to an integer, ties to
+/// even, and leaves that integer in the low mantissa bits.
 const ROUND_MAGIC: f32 = 8_388_608.0;
+/// The bits of [`ROUND_MAGIC`] (its mantissa is zero).
+const ROUND_MAGIC_BITS: u32 = 0x4B00_0000;
 /// Steps below this get the pre-scale (their reciprocal would overflow).
 const TINY_STEP: f32 = 7.888_609e-31; // 2^-100
 /// 2^64: exact scaling that brings any positive subnormal step to a normal one.
@@ -117,14 +124,14 @@ impl Encoder {
     pub fn new(p: GroupParams, bits: u32) -> Self {
         let step = p.half_step + p.half_step;
         let pre = if step < TINY_STEP { PRE_SCALE } else { 1.0 };
+        // False for a zero step and for NaN parameters.
+        let live = step > 0.0;
         Self {
             center: p.center,
             pre,
-            inv: 1.0 / (step * pre),
-            half_levels: levels(bits) as f32 * 0.5,
+            inv: if live { 1.0 / (step * pre) } else { 0.0 },
+            half_levels: if live { levels(bits) as f32 * 0.5 } else { 0.0 },
             top: levels(bits) as f32,
-            // False for a zero step and for NaN parameters.
-            live: step > 0.0,
         }
     }
 
@@ -133,12 +140,63 @@ impl Encoder {
     #[inline(always)]
     pub fn encode(&self, x: f32) -> u32 {
         let scaled = ((x - self.center) * self.pre) * self.inv;
+        // `max` returns the non-NaN operand: NaN (non-finite group) -> 0.
         let v = (scaled + self.half_levels).max(0.0).min(self.top);
-        let q = ((v + ROUND_MAGIC) - ROUND_MAGIC) as u32;
-        if self.live {
-            q
-        } else {
-            0
+        // v + 2^23 is exact up to the rounding of v itself, so its low
+        // mantissa bits are rne(v) (no float-to-integer conversion).
+        (v + ROUND_MAGIC).to_bits() - ROUND_MAGIC_BITS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The straightforward definition the encoder and decoder must equal.
+    fn encode_reference(p: GroupParams, bits: u32, x: f32) -> u32 {
+        let step = p.half_step + p.half_step;
+        if !(step > 0.0) {
+            return 0;
+        }
+        let pre = if step < TINY_STEP { PRE_SCALE } else { 1.0 };
+        let inv = 1.0 / (step * pre);
+        let v = (((x - p.center) * pre) * inv + levels(bits) as f32 * 0.5).max(0.0).min(levels(bits) as f32);
+        v.round_ties_even() as u32
+    }
+
+    #[test]
+    fn encoder_and_decoder_equal_their_definitions() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for bits in [4, 6, 8] {
+            for q in 0..=levels(bits) {
+                let p = GroupParams { center: 1.5, half_step: 0.25 };
+                assert_eq!(p.decode(q, bits), p.center + (2 * q as i32 - levels(bits) as i32) as f32 * p.half_step);
+            }
+            for _ in 0..200_000 {
+                let r = next();
+                // Groups from tiny to huge spreads, including constant ones.
+                let scale = f32::from_bits(((r >> 40) as u32 % 200 + 10) << 23);
+                let a = ((r & 0xFFFF) as f32 / 65536.0 - 0.5) * scale;
+                let b = if r >> 60 == 0 { a } else { (((r >> 16) & 0xFFFF) as f32 / 65536.0 - 0.5) * scale };
+                let (mn, mx) = (a.min(b), a.max(b));
+                let p = GroupParams::from_min_max(mn, mx, bits);
+                let t = ((r >> 32) & 0xFF) as f32 / 255.0;
+                let x = (mn + (mx - mn) * t).clamp(mn, mx);
+                let enc = Encoder::new(p, bits);
+                for y in [x, mn, mx] {
+                    assert_eq!(enc.encode(y), encode_reference(p, bits, y), "bits {bits} p {p:?} x {y}");
+                }
+            }
+            let nan = Encoder::new(GroupParams::NON_FINITE, bits);
+            for y in [0.0, 1.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                assert_eq!(nan.encode(y), 0);
+            }
         }
     }
 }

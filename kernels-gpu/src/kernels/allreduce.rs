@@ -1,21 +1,47 @@
 //! The all-reduce kernels.
 //!
 //! **Two-shot** (`allreduce_twoshot_<dtype>_<rs><ag>`): Flash All-Reduce. The
-//! message is cut into `world` shards of whole groups; shard `s` is owned by
-//! rank `s`. Block `b` of every rank handles tiles `t ≡ b (mod grid)` of every
-//! shard in every phase, so it only ever waits for block `b` of its peers.
+//! message runs in pieces of `piece_len` elements (the staging buffers hold
+//! one piece); each piece is cut into `world` shards of whole groups, shard
+//! `s` owned by rank `s`. Block `b` of every rank handles tiles
+//! `t ≡ b (mod grid)` of every shard in every phase, so it only ever waits for
+//! block `b` of its peers. Per piece `k`:
 //! 1. *stage*: quantize every shard of my input (RS bits) into staging
 //!    (pull: my own `staging_in`; push: straight into each owner's);
-//! 2. entry barrier; *reduce-scatter*: for my shard, read every rank's blob
-//!    (pull: peer loads; push: local loads), dequantize, sum in f32 in rank
-//!    order 0..world, re-quantize (AG bits) into staging (pull: my own
+//! 2. barrier `Staged`; *reduce-scatter*: for my shard, read every rank's
+//!    blob (pull: peer loads; push: local loads), dequantize, sum in f32 in
+//!    rank order 0..world, re-quantize (AG bits) into staging (pull: my own
 //!    `staging_out`; push: every rank's);
-//! 3. barrier; *all-gather*: read every owner's re-quantized blob (mine
-//!    included: all ranks decode the same bytes, hazard H15) and write my
-//!    output. [`Transport`] has the buffer roles of both transports.
-//! No exit barrier is needed: a rank overwrites `staging_in` / `staging_out`
-//! only in a later call, after that call's entry barrier, which peers pass only
-//! once their previous kernel (and all its reads) has completed (rule 5).
+//! 3. barrier `Reduced`; *all-gather*: read every owner's re-quantized blob
+//!    (mine included: all ranks decode the same bytes, hazard H15) and write
+//!    my output. [`Transport`] has the buffer roles of both transports.
+//!
+//! Pipelining: the gather of piece `k` (HBM-bound: local loads, output
+//! stores) runs in the same tile loop as the stage of piece `k + 1`
+//! (link-bound: posted peer stores), so each warp keeps both busy and the
+//! two overlap instead of adding up. Per block:
+//!
+//! ```text
+//! stage(0)
+//! for k in 0..pieces:
+//!     barrier Staged(k); reduce(k); barrier Reduced(k)
+//!     for each tile: stage(k+1) tile; gather(k) tile
+//! ```
+//! One set of staging buffers is enough:
+//! - stage(k+1) overwrites `staging_in`, last read by reduce(k), which every
+//!   rank finished before signalling `Reduced(k)`, which this block passed;
+//! - reduce(k+1) overwrites `staging_out`, last read by gather(k), which every
+//!   rank finished before signalling `Staged(k+1)`, which this block passed.
+//!
+//! (Measured alternatives, slower on 4x H200: double-buffered slots with
+//! split barriers whose round trips overlap work, with the stage and gather
+//! in separate loops or in one; more live state, spills at 64 registers, and
+//! 2-4% slower at 256 MiB. `docs/benchmarks.md` has the numbers.)
+//! Across calls the next call's piece 0 plays piece `k + 1`: a rank starts
+//! the next kernel only after this one completed (stream order), so no exit
+//! barrier is needed (rule 5). Piece `k` uses epoch `e0 + 1 + k` at both
+//! barriers, where `e0` is the block's stored epoch; the block stores
+//! `e0 + pieces` at the end.
 //! With RS = AG = 16 the same kernel is the unquantized two-shot: raw
 //! elements staged, f32 sums rounded once to the element type.
 //!
@@ -30,136 +56,223 @@ use crate::codec::{Bf16, Element, ShardLayout, CHUNK, F16};
 use crate::intrinsics::mem::{ld_global_u32, st_global_u32};
 use crate::intrinsics::thread::{block_idx, grid_dim, thread_idx};
 
-#[inline(always)]
-unsafe fn twoshot<E: Element, const RS: u32, const AG: u32>(a: &CollectiveArgs) {
-    let tid = thread_idx() as usize;
-    let block = block_idx() as usize;
-    let blocks = grid_dim() as usize;
-    let world = a.world as usize;
-    let me = a.rank as usize;
-    let len = a.len as usize;
-    let group_shift = a.group_size.trailing_zeros();
-    let geo = ShardGeometry::new(len, world, a.group_size as usize);
-    let rs_layout = ShardLayout::new(geo.shard_groups, a.group_size as usize, RS);
-    let ag_layout = ShardLayout::new(geo.shard_groups, a.group_size as usize, AG);
-    let stride = a.shard_stride as usize;
-    let my_sync = pick(&a.sync, me) as *mut u32;
-    // SAFETY: this rank's sync area; the store of the new epoch happens after
-    // the last barrier, when every thread has read the old one.
-    let epoch = unsafe { ld_global_u32(my_sync.add(sync_area::EPOCHS + block)) }.wrapping_add(1);
-    let input = a.input as *const u16;
-    let output = a.output as *mut u16;
-    let push_rs = a.transport & Transport::PUSH_REDUCE_SCATTER != 0;
-    let push_ag = a.transport & Transport::PUSH_ALL_GATHER != 0;
-    // Benchmark diagnostics: an empty loop range skips a phase's data work.
-    let tiles = |skip: u32| if a.transport & skip != 0 { 0 } else { geo.tiles };
+/// What every phase of one two-shot call needs; uniform across the block.
+struct TwoShot<'a> {
+    a: &'a CollectiveArgs,
+    tid: usize,
+    world: usize,
+    me: usize,
+    /// Geometry of a full piece (every piece uses it; a short last piece
+    /// just has fewer valid elements).
+    geo: ShardGeometry,
+    rs_layout: ShardLayout,
+    ag_layout: ShardLayout,
+    group_shift: u32,
+    /// Bytes between shard blobs in a staging slot.
+    stride: usize,
+    push_rs: bool,
+    push_ag: bool,
+}
 
-    // 1. Stage (quantize) every shard of my input. Tiles outside, shards
-    // inside in an order rotated by rank (mine first): at any moment the
-    // ranks write to *different* owners instead of all to owner 0 (an incast
-    // that capped the links at 1/(W-1) of their bandwidth, measured), and
-    // local and remote stores interleave.
-    let mut t = block;
-    while t < tiles(Transport::DIAG_SKIP_STAGE) {
-        for i in 0..world {
-            let s = (me + i) % world;
-            let shard_len = geo.shard_len(len, s);
-            let pos = ChunkPos::new(t * THREADS as usize + tid, shard_len, geo.shard_slots);
+impl TwoShot<'_> {
+    /// Valid elements of piece `k`.
+    #[inline(always)]
+    fn piece_valid(&self, k: usize) -> usize {
+        let start = k * self.a.piece_len as usize;
+        let left = self.a.len as usize - start;
+        if left < self.a.piece_len as usize {
+            left
+        } else {
+            self.a.piece_len as usize
+        }
+    }
+
+    /// Stage (quantize) tile `t` of every shard of piece `k` of my input.
+    /// Shards in an order rotated by rank (mine first): at any moment the
+    /// ranks write to *different* owners instead of all to owner 0 (an
+    /// incast that capped the links at 1/(W-1) of their bandwidth, measured).
+    ///
+    /// # Safety
+    /// The whole warp calls this together; `staging_in` may be overwritten
+    /// (see the module docs).
+    #[inline(always)]
+    unsafe fn stage_tile<E: Element, const RS: u32>(&self, k: usize, t: usize) {
+        let a = self.a;
+        let n = self.piece_valid(k);
+        let input = (a.input as *const u16).add(k * a.piece_len as usize);
+        for i in 0..self.world {
+            let s = (self.me + i) % self.world;
+            let shard_len = self.geo.shard_len(n, s);
+            let pos = ChunkPos::new(t * THREADS as usize + self.tid, shard_len, self.geo.shard_slots);
             // SAFETY: `valid` elements of shard s are inside the input; the
             // warp is converged; the chunk's slot in the staging buffer the
             // transport chooses is this thread's to write.
             unsafe {
-                let blob = if push_rs {
-                    (pick(&a.staging_in, s) as *mut u8).add(me * stride)
+                let blob = if self.push_rs {
+                    (pick(&a.staging_in, s) as *mut u8).add(self.me * self.stride)
                 } else {
-                    (pick(&a.staging_in, me) as *mut u8).add(s * stride)
+                    (pick(&a.staging_in, self.me) as *mut u8).add(s * self.stride)
                 };
-                let x = load_elements::<E>(input.add(s * geo.shard_slots + pos.index * CHUNK), pos.valid);
-                let wire = encode_chunk::<E, RS>(&x, pos, group_shift);
+                let x = load_elements::<E>(input.add(s * self.geo.shard_slots + pos.index * CHUNK), pos.valid);
+                let wire = encode_chunk::<E, RS>(&x, pos, self.group_shift);
                 if pos.in_slots {
-                    store_chunk::<RS>(blob, &rs_layout, pos, &wire, group_shift);
+                    store_chunk::<RS>(blob, &self.rs_layout, pos, &wire, self.group_shift);
                 }
             }
         }
-        t += blocks;
-    }
-    // SAFETY: every thread of the block reaches the barrier.
-    if !unsafe { cross_rank_barrier(a, Phase::Staged, block, epoch) } {
-        return;
     }
 
-    // 2. Reduce my shard: peers' blobs, rank order, f32; re-quantize.
-    {
-        let shard_len = geo.shard_len(len, me);
-        let mut t = block;
-        while t < tiles(Transport::DIAG_SKIP_REDUCE) {
-            let pos = ChunkPos::new(t * THREADS as usize + tid, shard_len, geo.shard_slots);
-            let mut acc = [0.0f32; CHUNK];
-            if pos.in_slots {
-                // SAFETY: every rank published its blob of my shard at the entry barrier.
-                acc = unsafe {
-                    sum_over_ranks::<E, RS>(
-                        |r| {
-                            if push_rs {
-                                (pick(&a.staging_in, me) as *const u8).add(r * stride)
-                            } else {
-                                (pick(&a.staging_in, r) as *const u8).add(me * stride)
-                            }
-                        },
-                        world,
-                        pos.index,
-                        &rs_layout,
-                        group_shift,
-                    )
-                };
-            }
-            // SAFETY: the warp is converged.
-            let wire = unsafe { encode_chunk::<E, AG>(&acc, pos, group_shift) };
-            if pos.in_slots {
-                if push_ag {
-                    unroll!(d in 8 => {
-                        if d < world {
-                            // SAFETY: slot `me` of rank d's staging_out is written by me only.
-                            unsafe { store_chunk::<AG>((pick(&a.staging_out, d) as *mut u8).add(me * stride), &ag_layout, pos, &wire, group_shift) };
+    /// Reduce tile `t` of my shard of piece `k`: every rank's blob, rank
+    /// order, f32; re-quantize and publish.
+    ///
+    /// # Safety
+    /// The whole warp calls this together, after the `Staged` barrier of piece `k`.
+    #[inline(always)]
+    unsafe fn reduce_tile<E: Element, const RS: u32, const AG: u32>(&self, k: usize, t: usize) {
+        let a = self.a;
+        let me = self.me;
+        let stride = self.stride;
+        let shard_len = self.geo.shard_len(self.piece_valid(k), me);
+        let pos = ChunkPos::new(t * THREADS as usize + self.tid, shard_len, self.geo.shard_slots);
+        let mut acc = [0.0f32; CHUNK];
+        if pos.in_slots {
+            // SAFETY: every rank published its blob of my shard at the barrier.
+            acc = unsafe {
+                sum_over_ranks::<E, RS>(
+                    |r| {
+                        if self.push_rs {
+                            (pick(&a.staging_in, me) as *const u8).add(r * stride)
+                        } else {
+                            (pick(&a.staging_in, r) as *const u8).add(me * stride)
                         }
-                    });
-                } else {
-                    // SAFETY: slot `me` of my own staging_out.
-                    unsafe { store_chunk::<AG>((pick(&a.staging_out, me) as *mut u8).add(me * stride), &ag_layout, pos, &wire, group_shift) };
+                    },
+                    self.world,
+                    pos.index,
+                    &self.rs_layout,
+                    self.group_shift,
+                )
+            };
+        }
+        // SAFETY: the warp is converged.
+        let wire = unsafe { encode_chunk::<E, AG>(&acc, pos, self.group_shift) };
+        if pos.in_slots {
+            if self.push_ag {
+                unroll!(d in 8 => {
+                    if d < self.world {
+                        // SAFETY: slot `me` of rank d's staging_out is written by me only.
+                        unsafe { store_chunk::<AG>((pick(&a.staging_out, d) as *mut u8).add(me * stride), &self.ag_layout, pos, &wire, self.group_shift) };
+                    }
+                });
+            } else {
+                // SAFETY: slot `me` of my own staging_out.
+                unsafe { store_chunk::<AG>((pick(&a.staging_out, me) as *mut u8).add(me * stride), &self.ag_layout, pos, &wire, self.group_shift) };
+            }
+        }
+    }
+
+    /// Gather tile `t` of piece `k`: decode every owner's re-quantized blob
+    /// into my output (owners in rank-rotated order, as in the stage).
+    ///
+    /// # Safety
+    /// After the `Reduced` barrier of piece `k` and before this block signals
+    /// the next `Staged`.
+    #[inline(always)]
+    unsafe fn gather_tile<E: Element, const AG: u32>(&self, k: usize, t: usize) {
+        let a = self.a;
+        let n = self.piece_valid(k);
+        let output = (a.output as *mut u16).add(k * a.piece_len as usize);
+        for i in 0..self.world {
+            let s = (self.me + i) % self.world;
+            let shard_len = self.geo.shard_len(n, s);
+            let pos = ChunkPos::new(t * THREADS as usize + self.tid, shard_len, self.geo.shard_slots);
+            if pos.valid > 0 {
+                // SAFETY: owner s published this chunk (slot s of the
+                // staging_out the transport chooses) at the `Reduced`
+                // barrier; the `valid` output elements belong to this thread.
+                unsafe {
+                    let blob = (pick(&a.staging_out, if self.push_ag { self.me } else { s }) as *const u8).add(s * self.stride);
+                    let x = decode_chunk::<E, AG>(&fetch_chunk::<AG>(blob, pos.index, &self.ag_layout, self.group_shift));
+                    store_elements::<E>(output.add(s * self.geo.shard_slots + pos.index * CHUNK), pos.valid, &x);
                 }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn twoshot<E: Element, const RS: u32, const AG: u32>(a: &CollectiveArgs) {
+    let block = block_idx() as usize;
+    let blocks = grid_dim() as usize;
+    let world = a.world as usize;
+    let len = a.len as usize;
+    let piece_len = a.piece_len as usize;
+    let pieces = len.div_ceil(piece_len);
+    let geo = ShardGeometry::new(if len < piece_len { len } else { piece_len }, world, a.group_size as usize);
+    let c = TwoShot {
+        a,
+        tid: thread_idx() as usize,
+        world,
+        me: a.rank as usize,
+        geo,
+        rs_layout: ShardLayout::new(geo.shard_groups, a.group_size as usize, RS),
+        ag_layout: ShardLayout::new(geo.shard_groups, a.group_size as usize, AG),
+        group_shift: a.group_size.trailing_zeros(),
+        stride: a.shard_stride as usize,
+        push_rs: a.transport & Transport::PUSH_REDUCE_SCATTER != 0,
+        push_ag: a.transport & Transport::PUSH_ALL_GATHER != 0,
+    };
+    let my_sync = pick(&a.sync, c.me) as *mut u32;
+    // SAFETY: this rank's sync area; the store of the new epoch happens after
+    // the last barrier, when every thread has read the old one.
+    let epoch0 = unsafe { ld_global_u32(my_sync.add(sync_area::EPOCHS + block)) };
+    // Benchmark diagnostics: skip a phase's data work (barriers still run).
+    let stage = a.transport & Transport::DIAG_SKIP_STAGE == 0;
+    let reduce = a.transport & Transport::DIAG_SKIP_REDUCE == 0;
+    let gather = a.transport & Transport::DIAG_SKIP_GATHER == 0;
+
+    // Every phase call below runs on converged warps and writes only
+    // buffers that are free at that point (module docs).
+    // The schedule of the module docs. Every phase call runs on converged
+    // warps and writes only buffers that are free at that point.
+    let mut t = block;
+    while stage && t < geo.tiles {
+        // SAFETY: staging_in is free (previous call completed on every rank).
+        unsafe { c.stage_tile::<E, RS>(0, t) };
+        t += blocks;
+    }
+    for k in 0..pieces {
+        let epoch = epoch0.wrapping_add(1 + k as u32);
+        // SAFETY: every thread of the block reaches the barrier.
+        if !unsafe { cross_rank_barrier(a, Phase::Staged, block, epoch) } {
+            return;
+        }
+        let mut t = block;
+        while reduce && t < geo.tiles {
+            // SAFETY: after the Staged barrier of piece k.
+            unsafe { c.reduce_tile::<E, RS, AG>(k, t) };
+            t += blocks;
+        }
+        // SAFETY: every thread of the block reaches the barrier.
+        if !unsafe { cross_rank_barrier(a, Phase::Reduced, block, epoch) } {
+            return;
+        }
+        let next = k + 1 < pieces;
+        let mut t = block;
+        while t < geo.tiles {
+            if stage && next {
+                // SAFETY: staging_in is free (module docs).
+                unsafe { c.stage_tile::<E, RS>(k + 1, t) };
+            }
+            if gather {
+                // SAFETY: after the Reduced barrier of piece k.
+                unsafe { c.gather_tile::<E, AG>(k, t) };
             }
             t += blocks;
         }
     }
-    // SAFETY: every thread of the block reaches the barrier.
-    if !unsafe { cross_rank_barrier(a, Phase::Reduced, block, epoch) } {
-        return;
-    }
-
-    // 3. Gather: decode every owner's re-quantized blob into my output
-    // (tiles outside, owners inside in rank-rotated order, as in step 1).
-    let mut t = block;
-    while t < tiles(Transport::DIAG_SKIP_GATHER) {
-        for i in 0..world {
-            let s = (me + i) % world;
-            let shard_len = geo.shard_len(len, s);
-            let pos = ChunkPos::new(t * THREADS as usize + tid, shard_len, geo.shard_slots);
-            if pos.valid > 0 {
-                // SAFETY: owner s published this chunk (slot s of the
-                // staging_out the transport chooses) at the second barrier;
-                // the `valid` output elements belong to this thread.
-                unsafe {
-                    let blob = (pick(&a.staging_out, if push_ag { me } else { s }) as *const u8).add(s * stride);
-                    let x = decode_chunk::<E, AG>(&fetch_chunk::<AG>(blob, pos.index, &ag_layout, group_shift));
-                    store_elements::<E>(output.add(s * geo.shard_slots + pos.index * CHUNK), pos.valid, &x);
-                }
-            }
-        }
-        t += blocks;
-    }
-    if tid == 0 {
+    if c.tid == 0 {
         // SAFETY: this rank's own epoch slot for this block.
-        unsafe { st_global_u32(my_sync.add(sync_area::EPOCHS + block), epoch) };
+        unsafe { st_global_u32(my_sync.add(sync_area::EPOCHS + block), epoch0.wrapping_add(pieces as u32)) };
     }
 }
 
