@@ -50,7 +50,7 @@
 //! sums in rank order, exit barrier (peers may still read my staging until
 //! they pass it, and the next call overwrites it before any barrier).
 use super::barrier::cross_rank_barrier;
-use super::chunk::{decode_chunk, encode_chunk, fetch_chunk, load_elements, pick, store_chunk, store_elements, sum_over_ranks, unroll, ChunkPos};
+use super::chunk::{decode_chunk, encode_chunk, fetch_chunk, load_elements, load_words, pick, store_chunk, store_elements, sum_over_ranks, unpack_words, unroll, ChunkPos};
 use crate::abi::{sync_area, CollectiveArgs, Phase, ShardGeometry, Transport, THREADS};
 use crate::codec::{Bf16, Element, ShardLayout, CHUNK, F16};
 use crate::intrinsics::mem::{ld_global_u32, st_global_u32};
@@ -75,6 +75,19 @@ struct TwoShot<'a> {
 }
 
 impl TwoShot<'_> {
+    /// The shard visited `i`-th (`i < world`) in rank-rotated order: mine
+    /// first. A compare instead of `%`, which is a long integer-division
+    /// sequence on the GPU, in the innermost loops.
+    #[inline(always)]
+    fn rotated(&self, i: usize) -> usize {
+        let s = self.me + i;
+        if s >= self.world {
+            s - self.world
+        } else {
+            s
+        }
+    }
+
     /// Valid elements of piece `k`.
     #[inline(always)]
     fn piece_valid(&self, k: usize) -> usize {
@@ -99,22 +112,35 @@ impl TwoShot<'_> {
     unsafe fn stage_tile<E: Element, const RS: u32>(&self, k: usize, t: usize) {
         let a = self.a;
         let n = self.piece_valid(k);
-        let input = (a.input as *const u16).add(k * a.piece_len as usize);
+        // Piece base (wrapping_add: plain arithmetic; accesses are checked below).
+        let input = (a.input as *const u16).wrapping_add(k * a.piece_len as usize);
+        let chunk = |i: usize| {
+            let s = self.rotated(i);
+            (s, ChunkPos::new(t * THREADS as usize + self.tid, self.geo.shard_len(n, s), self.geo.shard_slots))
+        };
+        // The next shard's chunk is loaded before this one is encoded, so
+        // each thread always has an HBM load in flight (latency-bound
+        // otherwise: the encode waits on every load).
+        let (s0, pos0) = chunk(0);
+        // SAFETY: `valid` elements of shard s0 are inside the input.
+        let mut next = unsafe { load_words(input.add(s0 * self.geo.shard_slots + pos0.index * CHUNK), pos0.valid) };
         for i in 0..self.world {
-            let s = (self.me + i) % self.world;
-            let shard_len = self.geo.shard_len(n, s);
-            let pos = ChunkPos::new(t * THREADS as usize + self.tid, shard_len, self.geo.shard_slots);
-            // SAFETY: `valid` elements of shard s are inside the input; the
-            // warp is converged; the chunk's slot in the staging buffer the
-            // transport chooses is this thread's to write.
+            let (s, pos) = chunk(i);
+            let words = next;
+            if i + 1 < self.world {
+                let (s1, pos1) = chunk(i + 1);
+                // SAFETY: `valid` elements of shard s1 are inside the input.
+                next = unsafe { load_words(input.add(s1 * self.geo.shard_slots + pos1.index * CHUNK), pos1.valid) };
+            }
+            // SAFETY: the warp is converged; the chunk's slot in the staging
+            // buffer the transport chooses is this thread's to write.
             unsafe {
                 let blob = if self.push_rs {
                     (pick(&a.staging_in, s) as *mut u8).add(self.me * self.stride)
                 } else {
                     (pick(&a.staging_in, self.me) as *mut u8).add(s * self.stride)
                 };
-                let x = load_elements::<E>(input.add(s * self.geo.shard_slots + pos.index * CHUNK), pos.valid);
-                let wire = encode_chunk::<E, RS>(&x, pos, self.group_shift);
+                let wire = encode_chunk::<E, RS>(&unpack_words::<E>(&words), pos, self.group_shift);
                 if pos.in_slots {
                     store_chunk::<RS>(blob, &self.rs_layout, pos, &wire, self.group_shift);
                 }
@@ -180,9 +206,9 @@ impl TwoShot<'_> {
     unsafe fn gather_tile<E: Element, const AG: u32>(&self, k: usize, t: usize) {
         let a = self.a;
         let n = self.piece_valid(k);
-        let output = (a.output as *mut u16).add(k * a.piece_len as usize);
+        let output = (a.output as *mut u16).wrapping_add(k * a.piece_len as usize);
         for i in 0..self.world {
-            let s = (self.me + i) % self.world;
+            let s = self.rotated(i);
             let shard_len = self.geo.shard_len(n, s);
             let pos = ChunkPos::new(t * THREADS as usize + self.tid, shard_len, self.geo.shard_slots);
             if pos.valid > 0 {

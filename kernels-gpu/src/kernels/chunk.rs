@@ -67,26 +67,47 @@ fn unpack_pairs<E: Element>(words: &[u32], x: &mut [f32; CHUNK]) {
     });
 }
 
-/// Loads `valid` elements at `src` (16-byte vectors when the chunk is full).
+/// Loads `valid` elements at `src` as raw element bits, two per word
+/// (16-byte vectors when the chunk is full; missing elements are 0).
+/// Eight registers instead of sixteen, so a caller can hold the next chunk
+/// in flight while it works on this one.
 ///
 /// # Safety
 /// `src` must be 16-byte aligned with `valid` readable elements.
 #[inline(always)]
-pub unsafe fn load_elements<E: Element>(src: *const u16, valid: usize) -> [f32; CHUNK] {
-    let mut x = [0.0f32; CHUNK];
+pub unsafe fn load_words(src: *const u16, valid: usize) -> [u32; 8] {
     if valid == CHUNK {
         // SAFETY: a full chunk is 32 readable, 16-byte aligned bytes.
         let (a, b) = unsafe { (ld_global_v4(src as *const [u32; 4]), ld_global_v4(src.add(8) as *const [u32; 4])) };
-        unpack_pairs::<E>(&[a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]], &mut x);
+        [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]]
     } else {
+        let mut w = [0u32; 8];
         unroll!(i in 16 => {
             if i < valid {
                 // SAFETY: element i < valid is readable.
-                x[i] = E::to_f32(unsafe { ld_global_u16(src.add(i)) });
+                w[i / 2] |= (unsafe { ld_global_u16(src.add(i)) } as u32) << (16 * (i % 2));
             }
         });
+        w
     }
+}
+
+/// The elements of [`load_words`]'s words as f32.
+#[inline(always)]
+pub fn unpack_words<E: Element>(words: &[u32; 8]) -> [f32; CHUNK] {
+    let mut x = [0.0f32; CHUNK];
+    unpack_pairs::<E>(words, &mut x);
     x
+}
+
+/// Loads `valid` elements at `src` as f32 (missing elements are 0).
+///
+/// # Safety
+/// As [`load_words`].
+#[inline(always)]
+pub unsafe fn load_elements<E: Element>(src: *const u16, valid: usize) -> [f32; CHUNK] {
+    // SAFETY: forwarded caller contract.
+    unpack_words::<E>(&unsafe { load_words(src, valid) })
 }
 
 /// Rounds `x` to `E` and stores `valid` elements at `dst`.
