@@ -246,8 +246,10 @@ pub struct Config {
     /// a long kernel, first-call warm-up) also time out: raise it for such
     /// workloads. Default 200 ms.
     pub timeout: Option<Duration>,
-    /// Largest piece (elements) one kernel launch handles; sizes the staging
-    /// buffers. Larger messages run in pieces.
+    /// Largest piece (elements) the staging buffers hold: two buffers of
+    /// about `2 * max_piece_elems` bytes per GPU. Larger messages run in
+    /// pieces inside one kernel launch, one piece's all-gather overlapped
+    /// with the next piece's reduce-scatter stage.
     pub max_piece_elems: usize,
     /// Overrides the measured `Auto` thresholds.
     pub thresholds: Option<Thresholds>,
