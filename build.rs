@@ -68,6 +68,11 @@ fn main() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    // The device build's own warnings would be swallowed: pass them on.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for line in stderr.lines().filter(|l| l.starts_with("warning")) {
+        println!("cargo:warning=kernels-gpu (nvptx64): {line}");
+    }
 
     let ptx_path = target_dir.join(TARGET).join("release").join("flashcomm_kernels.ptx");
     let ptx = std::fs::read_to_string(&ptx_path)

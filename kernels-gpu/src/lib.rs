@@ -13,7 +13,7 @@
     target_arch = "nvptx64",
     feature(abi_ptx, stdarch_nvptx, asm_experimental_arch, link_llvm_intrinsics)
 )]
-#![feature(float_minimum_maximum)]
+#![cfg_attr(not(target_arch = "nvptx64"), feature(float_minimum_maximum))]
 // `link_llvm_intrinsics` is how the shuffles reach LLVM's convergent intrinsics.
 #![cfg_attr(target_arch = "nvptx64", allow(internal_features))]
 #![deny(clippy::undocumented_unsafe_blocks)]
