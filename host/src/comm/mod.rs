@@ -659,15 +659,18 @@ impl Communicator {
         let piece = self.piece_elems(plan);
         let _one_at_a_time = r.launch.lock().unwrap();
         r.ctx.bind_to_thread()?;
-        // The two-shot kernel runs all pieces of the message itself
+        // The two-shot kernel runs all pieces of the message in one launch
         // (pipelined, see the kernel docs); pieces are balanced so the last
         // one is not much shorter (every piece uses a full piece's geometry).
         // The one-shot runs one launch per piece.
-        let launches = match plan {
-            Plan::TwoShot(_) => vec![(0, len, balanced_piece(len, piece))],
-            _ => (0..len).step_by(piece).map(|start| (start, piece.min(len - start), piece.min(len - start))).collect(),
+        let (step, twoshot_piece) = match plan {
+            Plan::TwoShot(_) => (len, Some(balanced_piece(len, piece))),
+            _ => (piece, None),
         };
-        for (start, n, piece_len) in launches {
+        let mut start = 0;
+        while start < len {
+            let n = step.min(len - start);
+            let piece_len = twoshot_piece.unwrap_or(n);
             args.input = input + (start * dtype.size()) as u64;
             args.output = output + (start * dtype.size()) as u64;
             args.len = n as u64;
@@ -684,6 +687,7 @@ impl Communicator {
             // are ordered on this stream by the callers; `piece_len` is a
             // multiple of 512 within the staging capacity.
             unsafe { raw::launch::launch_with_args(func.cu_function(), blocks, THREADS, r.stream.cu_stream(), &mut args)? };
+            start += n;
         }
         Ok(())
     }
