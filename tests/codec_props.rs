@@ -1,6 +1,6 @@
 //! Property tests of the shared codec (CPU): conversions, round-trip error
 //! bound, edge cases, the non-finite rule, and packing.
-use flashcomm::device::codec::{float, levels, Bf16, Element, PackedChunk, F16, CHUNK, GROUP_SIZES};
+use flashcomm::device::codec::{float, levels, Bf16, Element, Encoder, GroupParams, PackedChunk, F16, CHUNK, GROUP_SIZES};
 use flashcomm::reference::{dequantize_blob, group_params, quantize_blob, round_trip_group};
 use flashcomm::Bits;
 use half::{bf16, f16};
@@ -193,5 +193,56 @@ fn extreme_bf16_group_does_not_overflow() {
         round_trip_group(&mut v, bits);
         assert!(v.iter().all(|y| y.is_finite()), "{v:?}");
         assert!((v[0] as f64 - values[0] as f64).abs() <= p.half_step as f64 * 1.001);
+    }
+}
+
+/// The encoder's definition, written the straightforward way (a division-free
+/// reciprocal, an explicit round-half-even and a saturating conversion): the
+/// encoder's bit tricks (no float/int conversions, no per-element select)
+/// must give the same codes, and the decoder the same values.
+fn encode_by_definition(p: GroupParams, bits: u32, x: f32) -> u32 {
+    let step = p.half_step + p.half_step;
+    if !(step > 0.0) {
+        return 0;
+    }
+    let pre = if step < 2f32.powi(-100) { 2f32.powi(64) } else { 1.0 };
+    let inv = 1.0 / (step * pre);
+    let v = (((x - p.center) * pre) * inv + levels(bits) as f32 * 0.5).max(0.0).min(levels(bits) as f32);
+    v.round_ties_even() as u32
+}
+
+#[test]
+fn encoder_and_decoder_equal_their_definitions() {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for bits in [4, 6, 8] {
+        let p = GroupParams { center: 1.5, half_step: 0.25 };
+        for q in 0..=levels(bits) {
+            assert_eq!(p.decode(q, bits), p.center + (2 * q as i32 - levels(bits) as i32) as f32 * p.half_step);
+        }
+        for _ in 0..200_000 {
+            let r = next();
+            // Spreads from 2^-117 to 2^82, one group in 16 constant.
+            let scale = f32::from_bits(((r >> 40) as u32 % 200 + 10) << 23);
+            let a = ((r & 0xFFFF) as f32 / 65536.0 - 0.5) * scale;
+            let b = if r >> 60 == 0 { a } else { (((r >> 16) & 0xFFFF) as f32 / 65536.0 - 0.5) * scale };
+            let (mn, mx) = (a.min(b), a.max(b));
+            let p = GroupParams::from_min_max(mn, mx, bits);
+            let t = ((r >> 32) & 0xFF) as f32 / 255.0;
+            let x = (mn + (mx - mn) * t).clamp(mn, mx);
+            let enc = Encoder::new(p, bits);
+            for y in [x, mn, mx] {
+                assert_eq!(enc.encode(y), encode_by_definition(p, bits, y), "bits {bits} p {p:?} x {y}");
+            }
+        }
+        let non_finite = Encoder::new(GroupParams::NON_FINITE, bits);
+        for y in [0.0, 1.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            assert_eq!(non_finite.encode(y), 0);
+        }
     }
 }
