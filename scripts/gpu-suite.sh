@@ -2,7 +2,7 @@
 # The GPU suite in one command per side.
 #
 #   scripts/gpu-suite.sh stage            # here: build release test/bench/main binaries into .gpu-stage/
-#   scripts/gpu-suite.sh remote [WHAT..]  # on the GPU host (repo root): run them; WHAT = tests | bench | bench-phases | bench-transports | bench-pieces | torch | main
+#   scripts/gpu-suite.sh remote [WHAT..]  # on the GPU host (repo root): run them; WHAT = tests | bench | bench-phases | bench-transports | bench-pieces | bench-variants | torch | main
 #
 # With the device tool: stage, then run
 #   bash scripts/gpu-suite.sh remote tests bench     (carry: [".gpu-stage"])
@@ -73,6 +73,21 @@ remote)
           FLASHCOMM_MAX_PIECE_ELEMS=$p timeout 900 "$stage/bench-allreduce" --no-progress --no-plot --worlds 4 \
             --sizes ${PIECE_SIZES:-16M,64M,256M} --out "$out/pieces-$p" 2>&1 | tee "$out/pieces-$p.log" || status=1
         done ;;
+      bench-variants)
+        # Kernel variants: every .gpu-stage/bench-<name> binary besides
+        # bench-allreduce (built from other trees and copied in by hand), then
+        # bench-allreduce itself, same arguments (VARIANT_ARGS), one after
+        # another in this sitting.
+        for b in "$stage"/bench-*; do
+          name=${b##*/bench-}
+          [ "$name" = allreduce ] && continue
+          mkdir -p "$out/variant-$name"
+          timeout 900 "$b" --no-progress --no-plot ${VARIANT_ARGS:---worlds 4 --sizes 16M,64M,256M} \
+            --out "$out/variant-$name" 2>&1 | tee "$out/variant-$name.log" || status=1
+        done
+        mkdir -p "$out/variant-allreduce"
+        timeout 900 "$stage/bench-allreduce" --no-progress --no-plot ${VARIANT_ARGS:---worlds 4 --sizes 16M,64M,256M} \
+          --out "$out/variant-allreduce" 2>&1 | tee "$out/variant-allreduce.log" || status=1 ;;
       torch)
         mkdir -p "$out/torch"
         PYTHONUNBUFFERED=1 timeout 600 python3 scripts/torch_baseline.py --worlds 2,4 --out "$out/torch" 2>&1 \

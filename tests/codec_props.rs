@@ -133,6 +133,23 @@ proptest! {
         prop_assert_eq!(PackedChunk::pack(&p.unpack(b), b), p);
     }
 
+    /// `keep_first(valid)` after packing all 16 codes (what the kernels do
+    /// for a chunk with `valid` elements) equals packing only the first
+    /// `valid` codes and zeros after them (what the layout specifies).
+    #[test]
+    fn keep_first_equals_packing_zeros_past_valid(codes in proptest::collection::vec(any::<u32>(), CHUNK), valid in 0usize..=CHUNK, bits in bits_strategy()) {
+        let b = bits.bits();
+        let mut all = [0u32; CHUNK];
+        let mut first = [0u32; CHUNK];
+        for (i, s) in codes.iter().enumerate() {
+            all[i] = s & levels(b);
+            if i < valid { first[i] = all[i]; }
+        }
+        let mut p = PackedChunk::pack(&all, b);
+        p.keep_first(valid, b);
+        prop_assert_eq!(p, PackedChunk::pack(&first, b));
+    }
+
     /// The blob codec (what the GPU kernels write) decodes to exactly the
     /// per-group round trip, for every width, group size and length.
     #[test]

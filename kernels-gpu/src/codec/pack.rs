@@ -51,6 +51,34 @@ impl PackedChunk {
         out
     }
 
+    /// Clears the codes of elements `valid..16` (unused slots hold code 0),
+    /// as if only the first `valid` codes had been packed.
+    #[inline(always)]
+    pub fn keep_first(&mut self, valid: usize, bits: u32) {
+        // Codes `first..first + per_word` of a word, each `width` bits wide.
+        let mask = |first: usize, per_word: usize, width: usize| -> u32 {
+            if valid >= first + per_word {
+                u32::MAX
+            } else if valid <= first {
+                0
+            } else {
+                (1u32 << ((valid - first) * width)) - 1
+            }
+        };
+        if bits == 8 {
+            for w in 0..4 {
+                self.primary[w] &= mask(4 * w, 4, 8);
+            }
+        } else {
+            for w in 0..2 {
+                self.primary[w] &= mask(8 * w, 8, 4);
+            }
+            if bits == 6 {
+                self.secondary &= mask(0, 16, 2);
+            }
+        }
+    }
+
     /// The 16 codes packed in `self` with `bits` bits each.
     #[inline(always)]
     pub fn unpack(&self, bits: u32) -> [u32; CHUNK] {

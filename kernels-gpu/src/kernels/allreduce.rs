@@ -51,7 +51,7 @@
 //! they pass it, and the next call overwrites it before any barrier).
 use super::barrier::cross_rank_barrier;
 use super::chunk::{decode_chunk, encode_chunk, fetch_chunk, load_elements, load_words, pick, store_chunk, store_elements, sum_over_ranks, unpack_words, unroll, ChunkPos};
-use crate::abi::{sync_area, CollectiveArgs, Phase, ShardGeometry, Transport, THREADS};
+use crate::abi::{sync_area, CollectiveArgs, Phase, ShardGeometry, Transport, THREADS, TILE_ELEMS};
 use crate::codec::{Bf16, Element, ShardLayout, CHUNK, F16};
 use crate::intrinsics::mem::{ld_global_u32, st_global_u32};
 use crate::intrinsics::thread::{block_idx, grid_dim, thread_idx};
@@ -100,6 +100,27 @@ impl TwoShot<'_> {
         }
     }
 
+    /// Whether tile `t` of piece `k` lies wholly inside every shard's valid
+    /// elements (every tile but the last of a piece): its chunks are all
+    /// full, so the phases skip the per-shard position arithmetic and the
+    /// per-element masks (most of the stage's instructions were such
+    /// bookkeeping, counted in the SASS). The last shard is the shortest.
+    #[inline(always)]
+    fn tile_is_interior(&self, k: usize, t: usize) -> bool {
+        (t + 1) * TILE_ELEMS <= self.geo.shard_len(self.piece_valid(k), self.world - 1)
+    }
+
+    /// Where this thread's chunk of tile `t` sits in the shard visited
+    /// `i`-th: the shard and the position in it. In an interior tile
+    /// (`INTERIOR`) every chunk is full and in the slots.
+    #[inline(always)]
+    fn tile_chunk<const INTERIOR: bool>(&self, n: usize, t: usize, i: usize) -> (usize, ChunkPos) {
+        let s = self.rotated(i);
+        let index = t * THREADS as usize + self.tid;
+        let pos = if INTERIOR { ChunkPos::full(index) } else { ChunkPos::new(index, self.geo.shard_len(n, s), self.geo.shard_slots) };
+        (s, pos)
+    }
+
     /// Stage (quantize) tile `t` of every shard of piece `k` of my input.
     /// Shards in an order rotated by rank (mine first): at any moment the
     /// ranks write to *different* owners instead of all to owner 0 (an
@@ -110,39 +131,51 @@ impl TwoShot<'_> {
     /// (see the module docs).
     #[inline(always)]
     unsafe fn stage_tile<E: Element, const RS: u32>(&self, k: usize, t: usize) {
+        // SAFETY: forwarded caller contract.
+        unsafe {
+            if self.tile_is_interior(k, t) {
+                self.stage_chunks::<E, RS, true>(k, t)
+            } else {
+                self.stage_chunks::<E, RS, false>(k, t)
+            }
+        }
+    }
+
+    /// [`Self::stage_tile`], with the tile's kind known at compile time.
+    ///
+    /// # Safety
+    /// As [`Self::stage_tile`]; `INTERIOR` only if [`Self::tile_is_interior`].
+    #[inline(always)]
+    unsafe fn stage_chunks<E: Element, const RS: u32, const INTERIOR: bool>(&self, k: usize, t: usize) {
         let a = self.a;
         let n = self.piece_valid(k);
         // Piece base (wrapping_add: plain arithmetic; accesses are checked below).
         let input = (a.input as *const u16).wrapping_add(k * a.piece_len as usize);
-        let chunk = |i: usize| {
-            let s = self.rotated(i);
-            (s, ChunkPos::new(t * THREADS as usize + self.tid, self.geo.shard_len(n, s), self.geo.shard_slots))
-        };
         // The next shard's chunk is loaded before this one is encoded, so
         // each thread always has an HBM load in flight (latency-bound
         // otherwise: the encode waits on every load).
-        let (s0, pos0) = chunk(0);
-        // SAFETY: `valid` elements of shard s0 are inside the input.
-        let mut next = unsafe { load_words(input.add(s0 * self.geo.shard_slots + pos0.index * CHUNK), pos0.valid) };
+        let (mut s, mut pos) = self.tile_chunk::<INTERIOR>(n, t, 0);
+        // SAFETY: `valid` elements of shard s are inside the input.
+        let mut next = unsafe { load_words(input.add(s * self.geo.shard_slots + pos.index * CHUNK), pos.valid) };
         for i in 0..self.world {
-            let (s, pos) = chunk(i);
             let words = next;
+            let (s_here, pos_here) = (s, pos);
             if i + 1 < self.world {
-                let (s1, pos1) = chunk(i + 1);
-                // SAFETY: `valid` elements of shard s1 are inside the input.
-                next = unsafe { load_words(input.add(s1 * self.geo.shard_slots + pos1.index * CHUNK), pos1.valid) };
+                (s, pos) = self.tile_chunk::<INTERIOR>(n, t, i + 1);
+                // SAFETY: `valid` elements of shard s are inside the input.
+                next = unsafe { load_words(input.add(s * self.geo.shard_slots + pos.index * CHUNK), pos.valid) };
             }
             // SAFETY: the warp is converged; the chunk's slot in the staging
             // buffer the transport chooses is this thread's to write.
             unsafe {
                 let blob = if self.push_rs {
-                    (pick(&a.staging_in, s) as *mut u8).add(self.me * self.stride)
+                    (pick(&a.staging_in, s_here) as *mut u8).add(self.me * self.stride)
                 } else {
-                    (pick(&a.staging_in, self.me) as *mut u8).add(s * self.stride)
+                    (pick(&a.staging_in, self.me) as *mut u8).add(s_here * self.stride)
                 };
-                let wire = encode_chunk::<E, RS>(&unpack_words::<E>(&words), pos, self.group_shift);
-                if pos.in_slots {
-                    store_chunk::<RS>(blob, &self.rs_layout, pos, &wire, self.group_shift);
+                let wire = encode_chunk::<E, RS>(&unpack_words::<E>(&words), pos_here, self.group_shift);
+                if pos_here.in_slots {
+                    store_chunk::<RS>(blob, &self.rs_layout, pos_here, &wire, self.group_shift);
                 }
             }
         }
@@ -155,11 +188,27 @@ impl TwoShot<'_> {
     /// The whole warp calls this together, after the `Staged` barrier of piece `k`.
     #[inline(always)]
     unsafe fn reduce_tile<E: Element, const RS: u32, const AG: u32>(&self, k: usize, t: usize) {
+        // SAFETY: forwarded caller contract.
+        unsafe {
+            if self.tile_is_interior(k, t) {
+                self.reduce_chunk::<E, RS, AG, true>(k, t)
+            } else {
+                self.reduce_chunk::<E, RS, AG, false>(k, t)
+            }
+        }
+    }
+
+    /// [`Self::reduce_tile`], with the tile's kind known at compile time.
+    ///
+    /// # Safety
+    /// As [`Self::reduce_tile`]; `INTERIOR` only if [`Self::tile_is_interior`].
+    #[inline(always)]
+    unsafe fn reduce_chunk<E: Element, const RS: u32, const AG: u32, const INTERIOR: bool>(&self, k: usize, t: usize) {
         let a = self.a;
         let me = self.me;
         let stride = self.stride;
-        let shard_len = self.geo.shard_len(self.piece_valid(k), me);
-        let pos = ChunkPos::new(t * THREADS as usize + self.tid, shard_len, self.geo.shard_slots);
+        // My shard is visited first (i = 0).
+        let (_, pos) = self.tile_chunk::<INTERIOR>(self.piece_valid(k), t, 0);
         let mut acc = [0.0f32; CHUNK];
         if pos.in_slots {
             // SAFETY: every rank published its blob of my shard at the barrier.
@@ -204,13 +253,27 @@ impl TwoShot<'_> {
     /// the next `Staged`.
     #[inline(always)]
     unsafe fn gather_tile<E: Element, const AG: u32>(&self, k: usize, t: usize) {
+        // SAFETY: forwarded caller contract.
+        unsafe {
+            if self.tile_is_interior(k, t) {
+                self.gather_chunks::<E, AG, true>(k, t)
+            } else {
+                self.gather_chunks::<E, AG, false>(k, t)
+            }
+        }
+    }
+
+    /// [`Self::gather_tile`], with the tile's kind known at compile time.
+    ///
+    /// # Safety
+    /// As [`Self::gather_tile`]; `INTERIOR` only if [`Self::tile_is_interior`].
+    #[inline(always)]
+    unsafe fn gather_chunks<E: Element, const AG: u32, const INTERIOR: bool>(&self, k: usize, t: usize) {
         let a = self.a;
         let n = self.piece_valid(k);
         let output = (a.output as *mut u16).wrapping_add(k * a.piece_len as usize);
         for i in 0..self.world {
-            let s = self.rotated(i);
-            let shard_len = self.geo.shard_len(n, s);
-            let pos = ChunkPos::new(t * THREADS as usize + self.tid, shard_len, self.geo.shard_slots);
+            let (s, pos) = self.tile_chunk::<INTERIOR>(n, t, i);
             if pos.valid > 0 {
                 // SAFETY: owner s published this chunk (slot s of the
                 // staging_out the transport chooses) at the `Reduced`

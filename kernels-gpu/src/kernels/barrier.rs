@@ -10,9 +10,10 @@
 //!    of `e` into `flags[k][b][me]` of peer `t`. Each slot has exactly one
 //!    writer (H1); phases have separate arrays (H3). The other warps go on
 //!    at once.
-//! 2. [`wait_for_peers`]: thread `t < world` spins with `ld.acquire.sys` on
+//! 2. [`wait_for_peers`]: thread `t < world` spins with `ld.relaxed.sys` on
 //!    its *local* slot `flags[k][b][t]` until it holds `e` or later (polling
-//!    only local memory, H12), or until the watchdog fires; then
+//!    only local memory, H12), then reads it once more with `ld.acquire.sys`
+//!    (the synchronizing read), or until the watchdog fires; then
 //!    `bar.red.or`: the whole block learns whether any wait failed and
 //!    leaves together, so no thread is left in a divergent wait (H13).
 //!
@@ -76,9 +77,17 @@ pub unsafe fn wait_for_peers(args: &CollectiveArgs, phase: Phase, block: usize, 
         let slot = flag_slot(phase, block) + t;
         let start = global_timer_ns();
         loop {
+            // Spin with relaxed loads; acquire once, when the epoch is there.
+            // (An acquire load is followed by an invalidation of the whole
+            // L1 of the SM, `CCTL.IVALL` in the SASS: in the spin that hits
+            // every block on the SM at every poll.) The acquire re-read
+            // returns this value or a later one (coherence), both written by
+            // release stores that follow the peer's data writes of `epoch`.
             // SAFETY: local slot [b][t] of this rank's sync area.
-            let seen = unsafe { ld_acquire_sys_u32(local.add(slot)) };
+            let seen = unsafe { ld_relaxed_sys_u32(local.add(slot)) };
             if seen.wrapping_sub(epoch) as i32 >= 0 {
+                // SAFETY: as above.
+                unsafe { ld_acquire_sys_u32(local.add(slot)) };
                 break;
             }
             if args.timeout_ns != 0 && global_timer_ns().wrapping_sub(start) > args.timeout_ns {
