@@ -105,6 +105,11 @@ impl TwoShot<'_> {
     /// full, so the phases skip the per-shard position arithmetic and the
     /// per-element masks (most of the stage's instructions were such
     /// bookkeeping, counted in the SASS). The last shard is the shortest.
+    ///
+    /// Quantized kernels only: the unquantized two-shot (`RS`/`AG` = 16)
+    /// keeps the general path, because with the interior path it measured
+    /// slower (4x H200, 16 MiB: 103 vs 92 us; 64 MiB: 318 vs 308 us), for a
+    /// reason not found (`docs/bench/variants-2026-11-28/interior-4`).
     #[inline(always)]
     fn tile_is_interior(&self, k: usize, t: usize) -> bool {
         (t + 1) * TILE_ELEMS <= self.geo.shard_len(self.piece_valid(k), self.world - 1)
@@ -112,12 +117,12 @@ impl TwoShot<'_> {
 
     /// Where this thread's chunk of tile `t` sits in the shard visited
     /// `i`-th: the shard and the position in it. In an interior tile
-    /// (`INTERIOR`) every chunk is full and in the slots.
+    /// every chunk is full and in the slots.
     #[inline(always)]
-    fn tile_chunk<const INTERIOR: bool>(&self, n: usize, t: usize, i: usize) -> (usize, ChunkPos) {
+    fn tile_chunk(&self, n: usize, t: usize, i: usize, interior: bool) -> (usize, ChunkPos) {
         let s = self.rotated(i);
         let index = t * THREADS as usize + self.tid;
-        let pos = if INTERIOR { ChunkPos::full(index) } else { ChunkPos::new(index, self.geo.shard_len(n, s), self.geo.shard_slots) };
+        let pos = if interior { ChunkPos::full(index) } else { ChunkPos::new(index, self.geo.shard_len(n, s), self.geo.shard_slots) };
         (s, pos)
     }
 
@@ -133,10 +138,10 @@ impl TwoShot<'_> {
     unsafe fn stage_tile<E: Element, const RS: u32>(&self, k: usize, t: usize) {
         // SAFETY: forwarded caller contract.
         unsafe {
-            if self.tile_is_interior(k, t) {
-                self.stage_chunks::<E, RS, true>(k, t)
+            if RS != 16 && self.tile_is_interior(k, t) {
+                self.stage_chunks::<E, RS>(k, t, true)
             } else {
-                self.stage_chunks::<E, RS, false>(k, t)
+                self.stage_chunks::<E, RS>(k, t, false)
             }
         }
     }
@@ -146,7 +151,7 @@ impl TwoShot<'_> {
     /// # Safety
     /// As [`Self::stage_tile`]; `INTERIOR` only if [`Self::tile_is_interior`].
     #[inline(always)]
-    unsafe fn stage_chunks<E: Element, const RS: u32, const INTERIOR: bool>(&self, k: usize, t: usize) {
+    unsafe fn stage_chunks<E: Element, const RS: u32>(&self, k: usize, t: usize, interior: bool) {
         let a = self.a;
         let n = self.piece_valid(k);
         // Piece base (wrapping_add: plain arithmetic; accesses are checked below).
@@ -154,14 +159,14 @@ impl TwoShot<'_> {
         // The next shard's chunk is loaded before this one is encoded, so
         // each thread always has an HBM load in flight (latency-bound
         // otherwise: the encode waits on every load).
-        let (mut s, mut pos) = self.tile_chunk::<INTERIOR>(n, t, 0);
+        let (mut s, mut pos) = self.tile_chunk(n, t, 0, interior);
         // SAFETY: `valid` elements of shard s are inside the input.
         let mut next = unsafe { load_words(input.add(s * self.geo.shard_slots + pos.index * CHUNK), pos.valid) };
         for i in 0..self.world {
             let words = next;
             let (s_here, pos_here) = (s, pos);
             if i + 1 < self.world {
-                (s, pos) = self.tile_chunk::<INTERIOR>(n, t, i + 1);
+                (s, pos) = self.tile_chunk(n, t, i + 1, interior);
                 // SAFETY: `valid` elements of shard s are inside the input.
                 next = unsafe { load_words(input.add(s * self.geo.shard_slots + pos.index * CHUNK), pos.valid) };
             }
@@ -190,10 +195,10 @@ impl TwoShot<'_> {
     unsafe fn reduce_tile<E: Element, const RS: u32, const AG: u32>(&self, k: usize, t: usize) {
         // SAFETY: forwarded caller contract.
         unsafe {
-            if self.tile_is_interior(k, t) {
-                self.reduce_chunk::<E, RS, AG, true>(k, t)
+            if RS != 16 && self.tile_is_interior(k, t) {
+                self.reduce_chunk::<E, RS, AG>(k, t, true)
             } else {
-                self.reduce_chunk::<E, RS, AG, false>(k, t)
+                self.reduce_chunk::<E, RS, AG>(k, t, false)
             }
         }
     }
@@ -203,12 +208,12 @@ impl TwoShot<'_> {
     /// # Safety
     /// As [`Self::reduce_tile`]; `INTERIOR` only if [`Self::tile_is_interior`].
     #[inline(always)]
-    unsafe fn reduce_chunk<E: Element, const RS: u32, const AG: u32, const INTERIOR: bool>(&self, k: usize, t: usize) {
+    unsafe fn reduce_chunk<E: Element, const RS: u32, const AG: u32>(&self, k: usize, t: usize, interior: bool) {
         let a = self.a;
         let me = self.me;
         let stride = self.stride;
         // My shard is visited first (i = 0).
-        let (_, pos) = self.tile_chunk::<INTERIOR>(self.piece_valid(k), t, 0);
+        let (_, pos) = self.tile_chunk(self.piece_valid(k), t, 0, interior);
         let mut acc = [0.0f32; CHUNK];
         if pos.in_slots {
             // SAFETY: every rank published its blob of my shard at the barrier.
@@ -255,10 +260,10 @@ impl TwoShot<'_> {
     unsafe fn gather_tile<E: Element, const AG: u32>(&self, k: usize, t: usize) {
         // SAFETY: forwarded caller contract.
         unsafe {
-            if self.tile_is_interior(k, t) {
-                self.gather_chunks::<E, AG, true>(k, t)
+            if AG != 16 && self.tile_is_interior(k, t) {
+                self.gather_chunks::<E, AG>(k, t, true)
             } else {
-                self.gather_chunks::<E, AG, false>(k, t)
+                self.gather_chunks::<E, AG>(k, t, false)
             }
         }
     }
@@ -268,12 +273,12 @@ impl TwoShot<'_> {
     /// # Safety
     /// As [`Self::gather_tile`]; `INTERIOR` only if [`Self::tile_is_interior`].
     #[inline(always)]
-    unsafe fn gather_chunks<E: Element, const AG: u32, const INTERIOR: bool>(&self, k: usize, t: usize) {
+    unsafe fn gather_chunks<E: Element, const AG: u32>(&self, k: usize, t: usize, interior: bool) {
         let a = self.a;
         let n = self.piece_valid(k);
         let output = (a.output as *mut u16).wrapping_add(k * a.piece_len as usize);
         for i in 0..self.world {
-            let (s, pos) = self.tile_chunk::<INTERIOR>(n, t, i);
+            let (s, pos) = self.tile_chunk(n, t, i, interior);
             if pos.valid > 0 {
                 // SAFETY: owner s published this chunk (slot s of the
                 // staging_out the transport chooses) at the `Reduced`
