@@ -146,10 +146,11 @@ impl TwoShot<'_> {
         }
     }
 
-    /// [`Self::stage_tile`], with the tile's kind known at compile time.
+    /// [`Self::stage_tile`] for a tile of the given kind (a constant at each
+    /// call site, so each kind compiles to its own straight-line code).
     ///
     /// # Safety
-    /// As [`Self::stage_tile`]; `INTERIOR` only if [`Self::tile_is_interior`].
+    /// As [`Self::stage_tile`]; `interior` only if [`Self::tile_is_interior`].
     #[inline(always)]
     unsafe fn stage_chunks<E: Element, const RS: u32>(&self, k: usize, t: usize, interior: bool) {
         let a = self.a;
@@ -203,10 +204,11 @@ impl TwoShot<'_> {
         }
     }
 
-    /// [`Self::reduce_tile`], with the tile's kind known at compile time.
+    /// [`Self::reduce_tile`] for a tile of the given kind (a constant at each
+    /// call site, so each kind compiles to its own straight-line code).
     ///
     /// # Safety
-    /// As [`Self::reduce_tile`]; `INTERIOR` only if [`Self::tile_is_interior`].
+    /// As [`Self::reduce_tile`]; `interior` only if [`Self::tile_is_interior`].
     #[inline(always)]
     unsafe fn reduce_chunk<E: Element, const RS: u32, const AG: u32>(&self, k: usize, t: usize, interior: bool) {
         let a = self.a;
@@ -268,10 +270,11 @@ impl TwoShot<'_> {
         }
     }
 
-    /// [`Self::gather_tile`], with the tile's kind known at compile time.
+    /// [`Self::gather_tile`] for a tile of the given kind (a constant at each
+    /// call site, so each kind compiles to its own straight-line code).
     ///
     /// # Safety
-    /// As [`Self::gather_tile`]; `INTERIOR` only if [`Self::tile_is_interior`].
+    /// As [`Self::gather_tile`]; `interior` only if [`Self::tile_is_interior`].
     #[inline(always)]
     unsafe fn gather_chunks<E: Element, const AG: u32>(&self, k: usize, t: usize, interior: bool) {
         let a = self.a;

@@ -233,9 +233,10 @@ pub unsafe fn encode_chunk<E: Element, const BITS: u32>(x: &[f32; CHUNK], pos: C
     let (mn, mx) = unsafe { group_min_max(x, pos.valid, lanes_per_group) };
     let params = GroupParams::from_min_max(mn, mx, BITS);
     let encoder = Encoder::new(params, BITS);
-    // Every element is encoded (missing ones are finite or give code 0 in a
-    // non-finite group), then the codes past `valid` are cleared in the
-    // packed words: per-chunk masking instead of a branch per element.
+    // Every element is encoded, whatever the missing ones hold (the encoder
+    // is plain arithmetic and clamps), then the codes past `valid` are
+    // cleared in the packed words: per-chunk masking instead of a branch
+    // per element.
     let mut codes = [0u32; CHUNK];
     unroll!(i in 16 => {
         codes[i] = encoder.encode(x[i]);
