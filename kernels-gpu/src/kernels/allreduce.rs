@@ -115,6 +115,20 @@ impl TwoShot<'_> {
         (t + 1) * TILE_ELEMS <= self.geo.shard_len(self.piece_valid(k), self.world - 1)
     }
 
+    /// Runs `phase(interior)` for tile `t` of piece `k`, with `interior` a
+    /// constant in each of the two calls, so each kind of tile compiles to
+    /// its own straight-line code. `BITS` is the phase's code width: the
+    /// unquantized kernels (16) always take the general path (see
+    /// [`Self::tile_is_interior`]).
+    #[inline(always)]
+    fn by_tile_kind<const BITS: u32>(&self, k: usize, t: usize, phase: impl Fn(bool)) {
+        if BITS != 16 && self.tile_is_interior(k, t) {
+            phase(true)
+        } else {
+            phase(false)
+        }
+    }
+
     /// Where this thread's chunk of tile `t` sits in the shard visited
     /// `i`-th: the shard and the position in it. In an interior tile
     /// every chunk is full and in the slots.
@@ -136,18 +150,11 @@ impl TwoShot<'_> {
     /// (see the module docs).
     #[inline(always)]
     unsafe fn stage_tile<E: Element, const RS: u32>(&self, k: usize, t: usize) {
-        // SAFETY: forwarded caller contract.
-        unsafe {
-            if RS != 16 && self.tile_is_interior(k, t) {
-                self.stage_chunks::<E, RS>(k, t, true)
-            } else {
-                self.stage_chunks::<E, RS>(k, t, false)
-            }
-        }
+        // SAFETY: forwarded caller contract; `interior` as by_tile_kind found it.
+        self.by_tile_kind::<RS>(k, t, |interior| unsafe { self.stage_chunks::<E, RS>(k, t, interior) });
     }
 
-    /// [`Self::stage_tile`] for a tile of the given kind (a constant at each
-    /// call site, so each kind compiles to its own straight-line code).
+    /// [`Self::stage_tile`] for a tile of the given kind (see [`Self::by_tile_kind`]).
     ///
     /// # Safety
     /// As [`Self::stage_tile`]; `interior` only if [`Self::tile_is_interior`].
@@ -194,18 +201,11 @@ impl TwoShot<'_> {
     /// The whole warp calls this together, after the `Staged` barrier of piece `k`.
     #[inline(always)]
     unsafe fn reduce_tile<E: Element, const RS: u32, const AG: u32>(&self, k: usize, t: usize) {
-        // SAFETY: forwarded caller contract.
-        unsafe {
-            if RS != 16 && self.tile_is_interior(k, t) {
-                self.reduce_chunk::<E, RS, AG>(k, t, true)
-            } else {
-                self.reduce_chunk::<E, RS, AG>(k, t, false)
-            }
-        }
+        // SAFETY: forwarded caller contract; `interior` as by_tile_kind found it.
+        self.by_tile_kind::<RS>(k, t, |interior| unsafe { self.reduce_chunk::<E, RS, AG>(k, t, interior) });
     }
 
-    /// [`Self::reduce_tile`] for a tile of the given kind (a constant at each
-    /// call site, so each kind compiles to its own straight-line code).
+    /// [`Self::reduce_tile`] for a tile of the given kind (see [`Self::by_tile_kind`]).
     ///
     /// # Safety
     /// As [`Self::reduce_tile`]; `interior` only if [`Self::tile_is_interior`].
@@ -260,18 +260,11 @@ impl TwoShot<'_> {
     /// the next `Staged`.
     #[inline(always)]
     unsafe fn gather_tile<E: Element, const AG: u32>(&self, k: usize, t: usize) {
-        // SAFETY: forwarded caller contract.
-        unsafe {
-            if AG != 16 && self.tile_is_interior(k, t) {
-                self.gather_chunks::<E, AG>(k, t, true)
-            } else {
-                self.gather_chunks::<E, AG>(k, t, false)
-            }
-        }
+        // SAFETY: forwarded caller contract; `interior` as by_tile_kind found it.
+        self.by_tile_kind::<AG>(k, t, |interior| unsafe { self.gather_chunks::<E, AG>(k, t, interior) });
     }
 
-    /// [`Self::gather_tile`] for a tile of the given kind (a constant at each
-    /// call site, so each kind compiles to its own straight-line code).
+    /// [`Self::gather_tile`] for a tile of the given kind (see [`Self::by_tile_kind`]).
     ///
     /// # Safety
     /// As [`Self::gather_tile`]; `interior` only if [`Self::tile_is_interior`].
