@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU suite in one command per side.
 #
-#   scripts/gpu-suite.sh stage            # here: build release test/bench/main binaries into .gpu-stage/
+#   scripts/gpu-suite.sh stage            # here: build release test/bench/main binaries, packed into .gpu-stage/bins.tar.gz
+#                                         #   (STAGE_EXTRA="f1 f2": variant binaries or wrappers named bench-<name>, packed too)
 #   scripts/gpu-suite.sh remote [WHAT..]  # on the GPU host (repo root): run them; WHAT = tests | bench | bench-phases | bench-transports | bench-pieces | bench-variants | torch | main
 #
 # With the device tool: stage, then run
@@ -31,10 +32,18 @@ stage)
       esac
     done
   "$stage/flashcomm" ptx > "$stage/flashcomm_kernels.ptx"   # the embedded PTX, launch bounds included
+  # The device tool carries at most 64 MiB (working tree included); the
+  # binaries embed the PTX and compress ~6x. STAGE_EXTRA: more files to add
+  # (variant binaries, wrapper scripts), packed the same way.
+  for x in ${STAGE_EXTRA:-}; do cp "$x" "$stage/"; done
+  (cd "$stage" && tar czf bins.tar.gz --remove-files -- *)
   ls -la "$stage"
   ;;
 remote)
   cd "$root"
+  if [ -f "$stage/bins.tar.gz" ]; then
+    tar xzf "$stage/bins.tar.gz" -C "$stage" && rm "$stage/bins.tar.gz"
+  fi
   out="${OUT:-$root/.gpu-out}"
   mkdir -p "$out"
   # NVLink multicast stays off (it can take shared GPUs out of service).
