@@ -42,6 +42,9 @@ stage)
 remote)
   cd "$root"
   if [ -f "$stage/bins.tar.gz" ]; then
+    # The device machine may keep an earlier call's files here: drop them,
+    # so bench-variants runs only what this stage packed.
+    find "$stage" -mindepth 1 ! -name bins.tar.gz -delete
     tar xzf "$stage/bins.tar.gz" -C "$stage" && rm "$stage/bins.tar.gz"
   fi
   out="${OUT:-$root/.gpu-out}"

@@ -140,6 +140,10 @@ const _: () = assert!(core::mem::size_of::<CollectiveArgs>() == 8 * 4 + 8 * MAX_
 /// |---|---|---|
 /// | reduce-scatter | rank r writes shard s to its own `staging_in[slot s]`; owner s loads `staging_in(r)[slot s]` | rank r stores shard s into owner s's `staging_in[slot r]`; owner loads its own slots |
 /// | all-gather | owner s writes its own `staging_out[slot s]`; rank r loads `staging_out(s)[slot s]` | owner s stores into every rank's `staging_out[slot s]`; rank r loads its own slots |
+///
+/// Quantized kernels: the owner also decodes its own shard of the output
+/// straight from registers, so no rank loads its own slot, and under push
+/// the owner does not store into its own `staging_out`.
 pub struct Transport;
 
 impl Transport {

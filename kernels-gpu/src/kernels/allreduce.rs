@@ -11,10 +11,12 @@
 //! 2. barrier `Staged`; *reduce-scatter*: for my shard, read every rank's
 //!    blob (pull: peer loads; push: local loads), dequantize, sum in f32 in
 //!    rank order 0..world, re-quantize (AG bits) into staging (pull: my own
-//!    `staging_out`; push: every rank's);
+//!    `staging_out`; push: every rank's); quantized kernels also decode the
+//!    re-quantized chunk into my shard of the output here (the bytes every
+//!    rank decodes, hazard H15) and skip my own staging copy under push;
 //! 3. barrier `Reduced`; *all-gather*: read every owner's re-quantized blob
-//!    (mine included: all ranks decode the same bytes, hazard H15) and write
-//!    my output. [`Transport`] has the buffer roles of both transports.
+//!    (quantized kernels: every other owner's) and write my output.
+//!    [`Transport`] has the buffer roles of both transports.
 //!
 //! Pipelining: the gather of piece `k` (HBM-bound: local loads, output
 //! stores) runs in the same tile loop as the stage of piece `k + 1`
@@ -55,6 +57,16 @@ use crate::abi::{sync_area, CollectiveArgs, Phase, ShardGeometry, Transport, THR
 use crate::codec::{Bf16, Element, ShardLayout, CHUNK, F16};
 use crate::intrinsics::mem::{ld_global_u32, st_global_u32};
 use crate::intrinsics::thread::{block_idx, grid_dim, thread_idx};
+
+/// Whether the reduce writes the owner's shard of the output itself,
+/// decoded from the re-quantized chunk in registers, so the all-gather skips
+/// it (no local staging write and read-back). Quantized kernels only: the
+/// unquantized two-shot keeps the plain gather (its measured speed, which
+/// `Auto` relies on, stays as it was).
+#[inline(always)]
+const fn owner_decodes(ag_bits: u32) -> bool {
+    ag_bits != 16
+}
 
 /// What every phase of one two-shot call needs; uniform across the block.
 struct TwoShot<'a> {
@@ -240,7 +252,7 @@ impl TwoShot<'_> {
         if pos.in_slots {
             if self.push_ag {
                 unroll!(d in 8 => {
-                    if d < self.world {
+                    if d < self.world && (d != me || !owner_decodes(AG)) {
                         // SAFETY: slot `me` of rank d's staging_out is written by me only.
                         unsafe { store_chunk::<AG>((pick(&a.staging_out, d) as *mut u8).add(me * stride), &self.ag_layout, pos, &wire, self.group_shift) };
                     }
@@ -250,10 +262,24 @@ impl TwoShot<'_> {
                 unsafe { store_chunk::<AG>((pick(&a.staging_out, me) as *mut u8).add(me * stride), &self.ag_layout, pos, &wire, self.group_shift) };
             }
         }
+        // My shard of the output, decoded from the very wire chunk every
+        // peer decodes (hazard H15: no rank uses its unquantized sum), here
+        // instead of in the gather (`owner_decodes`): this phase is
+        // link-bound with HBM to spare, the gather is HBM-bound, and my own
+        // blob need not be written to staging and read back. In place this
+        // overwrites input this block's stage of piece `k` has already read
+        // (same tile).
+        if owner_decodes(AG) && pos.valid > 0 {
+            let output = (a.output as *mut u16).wrapping_add(k * a.piece_len as usize);
+            let x = decode_chunk::<E, AG>(&wire);
+            // SAFETY: the `valid` output elements of my shard's chunk belong to this thread.
+            unsafe { store_elements::<E>(output.add(me * self.geo.shard_slots + pos.index * CHUNK), pos.valid, &x) };
+        }
     }
 
-    /// Gather tile `t` of piece `k`: decode every owner's re-quantized blob
-    /// into my output (owners in rank-rotated order, as in the stage).
+    /// Gather tile `t` of piece `k`: decode the owners' re-quantized blobs
+    /// into my output (owners in rank-rotated order, as in the stage; my own
+    /// shard is skipped where the reduce wrote it, see [`owner_decodes`]).
     ///
     /// # Safety
     /// After the `Reduced` barrier of piece `k` and before this block signals
@@ -273,7 +299,8 @@ impl TwoShot<'_> {
         let a = self.a;
         let n = self.piece_valid(k);
         let output = (a.output as *mut u16).wrapping_add(k * a.piece_len as usize);
-        for i in 0..self.world {
+        // i = 0 is my own shard, which the reduce may have written.
+        for i in (if owner_decodes(AG) { 1 } else { 0 })..self.world {
             let (s, pos) = self.tile_chunk(n, t, i, interior);
             if pos.valid > 0 {
                 // SAFETY: owner s published this chunk (slot s of the
