@@ -152,6 +152,20 @@ impl TwoShot<'_> {
         (s, pos)
     }
 
+    /// Writes decoded chunk `x` (position `pos` in shard `s` of piece `k`)
+    /// to the output: the reduce writes the owner's own shard, the gather
+    /// every other one.
+    ///
+    /// # Safety
+    /// The `pos.valid` output elements at that position belong to this thread.
+    #[inline(always)]
+    unsafe fn store_output<E: Element>(&self, k: usize, s: usize, pos: ChunkPos, x: &[f32; CHUNK]) {
+        // Piece base (wrapping_add: plain arithmetic; the store is in bounds).
+        let output = (self.a.output as *mut u16).wrapping_add(k * self.a.piece_len as usize);
+        // SAFETY: forwarded caller contract.
+        unsafe { store_elements::<E>(output.add(s * self.geo.shard_slots + pos.index * CHUNK), pos.valid, x) };
+    }
+
     /// Stage (quantize) tile `t` of every shard of piece `k` of my input.
     /// Shards in an order rotated by rank (mine first): at any moment the
     /// ranks write to *different* owners instead of all to owner 0 (an
@@ -270,10 +284,8 @@ impl TwoShot<'_> {
         // overwrites input this block's stage of piece `k` has already read
         // (same tile).
         if owner_decodes(AG) && pos.valid > 0 {
-            let output = (a.output as *mut u16).wrapping_add(k * a.piece_len as usize);
-            let x = decode_chunk::<E, AG>(&wire);
             // SAFETY: the `valid` output elements of my shard's chunk belong to this thread.
-            unsafe { store_elements::<E>(output.add(me * self.geo.shard_slots + pos.index * CHUNK), pos.valid, &x) };
+            unsafe { self.store_output::<E>(k, me, pos, &decode_chunk::<E, AG>(&wire)) };
         }
     }
 
@@ -298,7 +310,6 @@ impl TwoShot<'_> {
     unsafe fn gather_chunks<E: Element, const AG: u32>(&self, k: usize, t: usize, interior: bool) {
         let a = self.a;
         let n = self.piece_valid(k);
-        let output = (a.output as *mut u16).wrapping_add(k * a.piece_len as usize);
         // i = 0 is my own shard, which the reduce may have written.
         for i in (if owner_decodes(AG) { 1 } else { 0 })..self.world {
             let (s, pos) = self.tile_chunk(n, t, i, interior);
@@ -308,8 +319,7 @@ impl TwoShot<'_> {
                 // barrier; the `valid` output elements belong to this thread.
                 unsafe {
                     let blob = (pick(&a.staging_out, if self.push_ag { self.me } else { s }) as *const u8).add(s * self.stride);
-                    let x = decode_chunk::<E, AG>(&fetch_chunk::<AG>(blob, pos.index, &self.ag_layout, self.group_shift));
-                    store_elements::<E>(output.add(s * self.geo.shard_slots + pos.index * CHUNK), pos.valid, &x);
+                    self.store_output::<E>(k, s, pos, &decode_chunk::<E, AG>(&fetch_chunk::<AG>(blob, pos.index, &self.ag_layout, self.group_shift)));
                 }
             }
         }
@@ -347,8 +357,6 @@ unsafe fn twoshot<E: Element, const RS: u32, const AG: u32>(a: &CollectiveArgs) 
     let reduce = a.transport & Transport::DIAG_SKIP_REDUCE == 0;
     let gather = a.transport & Transport::DIAG_SKIP_GATHER == 0;
 
-    // Every phase call below runs on converged warps and writes only
-    // buffers that are free at that point (module docs).
     // The schedule of the module docs. Every phase call runs on converged
     // warps and writes only buffers that are free at that point.
     let mut t = block;
