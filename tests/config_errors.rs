@@ -40,5 +40,8 @@ fn no_gpu_is_a_typed_error_not_a_panic() {
     if flashcomm::gpu_count() == 0 {
         let err = Communicator::new(&[0, 1], Config::default(), &KERNELS).unwrap_err();
         assert!(matches!(err, Error::NoGpu(_)), "{err}");
+        // A repeated device passes the list check when sharing is allowed.
+        let err = Communicator::new(&[0, 0], Config { shared_devices: true, ..Config::default() }, &KERNELS).unwrap_err();
+        assert!(matches!(err, Error::NoGpu(_)), "{err}");
     }
 }

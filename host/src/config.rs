@@ -259,6 +259,14 @@ pub struct Config {
     /// communicators at construction when libnccl loads). Turn off for
     /// results that are bit-identical to the CPU reference at every size.
     pub nccl_fallback: bool,
+    /// Let several ranks share one GPU (a device may repeat in the list
+    /// given to `Communicator::new`): for testing multi-rank code and the
+    /// collective protocol on fewer GPUs than ranks. The ranks of one GPU
+    /// split its SMs and run their kernels side by side through its own
+    /// memory, so results are exact but no speed figure carries over; NCCL
+    /// (which refuses a repeated GPU) is not used. Default off: a repeated
+    /// device is then `Error::DuplicateDevice`, as it is usually a mistake.
+    pub shared_devices: bool,
 }
 
 impl Default for Config {
@@ -271,6 +279,7 @@ impl Default for Config {
             thresholds: None,
             transport: Transport::PUSH,
             nccl_fallback: true,
+            shared_devices: false,
         }
     }
 }

@@ -20,7 +20,7 @@ pub enum Error {
     #[error("world size {world} is not supported (allowed: {min}..={max})")]
     WorldSize { world: usize, min: usize, max: usize },
     /// A device ordinal appears twice.
-    #[error("device {device} is listed twice; each rank needs its own GPU")]
+    #[error("device {device} is listed twice; each rank needs its own GPU (Config::shared_devices allows sharing, for tests)")]
     DuplicateDevice { device: usize },
     /// A device ordinal does not exist.
     #[error("device {device} does not exist ({count} CUDA devices visible)")]

@@ -59,11 +59,41 @@ fn random_quant(rng: &mut Rng) -> Quantization {
 /// every bit-width pair and group size, the three algorithms, in place and
 /// out of place, five data distributions; outputs poisoned before each call.
 pub fn random_cases_bit_exact() -> TestResult {
-    let seed = seed("allreduce::random_cases_bit_exact");
-    let mut rng = Rng::new(seed);
+    let name = "allreduce::random_cases_bit_exact";
+    let mut rng = Rng::new(seed(name));
     let cases: usize = std::env::var("FLASHCOMM_GPU_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
     let comms: BTreeMap<usize, Communicator> =
         worlds().into_iter().map(|w| communicator(w, exact_config()).map(|c| (w, c))).collect::<Result<_, _>>()?;
+    random_cases(&comms, cases, &mut rng, name)
+}
+
+/// Ranks sharing GPUs (`Config::shared_devices`): worlds 2, 3, 4 and 8,
+/// every GPU holding two ranks or more (all on one GPU where there is one),
+/// random cases as in [`random_cases_bit_exact`] with small staging, so
+/// long messages run in many pieces. On one GPU this is the check of the
+/// multi-rank kernels (the protocol and the numerics; the links are not
+/// involved), and W = 8 is covered with fewer than 8 GPUs.
+pub fn shared_device_ranks_bit_exact() -> TestResult {
+    let name = "allreduce::shared_device_ranks_bit_exact";
+    let mut rng = Rng::new(seed(name));
+    let cases: usize = std::env::var("FLASHCOMM_GPU_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(400) / 2;
+    let gpus = flashcomm::gpu_count();
+    let config = Config { shared_devices: true, max_piece_elems: 1 << 18, ..exact_config() };
+    let mut comms = BTreeMap::new();
+    for world in [2, 3, 4, 8] {
+        let devices: Vec<usize> = (0..world).map(|r| r % (world / 2).clamp(1, gpus.max(1))).collect();
+        let comm = ctx(Communicator::new(&devices, config.clone(), &KERNELS), &format!("create a communicator on {devices:?}"))?;
+        if comm.has_nccl() {
+            return Err(format!("W={world} on {devices:?}: NCCL communicators were created for shared GPUs").into());
+        }
+        comms.insert(world, comm);
+    }
+    random_cases(&comms, cases, &mut rng, name)
+}
+
+/// `cases` random calls on the communicators of `comms` (keyed by world
+/// size), each checked bit for bit on every rank.
+fn random_cases(comms: &BTreeMap<usize, Communicator>, cases: usize, rng: &mut Rng, name: &str) -> TestResult {
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for case in 0..cases {
         let world = *comms.keys().nth(rng.range(0, comms.len() - 1)).unwrap();
@@ -73,9 +103,9 @@ pub fn random_cases_bit_exact() -> TestResult {
         let (algorithm, quantization) = match rng.range(0, 9) {
             0 => (Algorithm::OneShot, Quantization::None),
             1 => (Algorithm::TwoShot, Quantization::None),
-            _ => (Algorithm::Flash, random_quant(&mut rng)),
+            _ => (Algorithm::Flash, random_quant(rng)),
         };
-        let transport = random_transport(&mut rng);
+        let transport = random_transport(rng);
         let opts = CallOptions { algorithm: Some(algorithm), quantization: Some(quantization), transport: Some(transport), ..Default::default() };
         let in_place = rng.uniform() < 0.5;
         let f16_case = rng.uniform() < 0.3;
@@ -87,15 +117,15 @@ pub fn random_cases_bit_exact() -> TestResult {
             if in_place { "in-place" } else { "out-of-place" }
         );
         if f16_case {
-            let inputs = make_inputs::<f16>(&mut rng, kind, world, len);
+            let inputs = make_inputs::<f16>(rng, kind, world, len);
             check_case(comm, &inputs, &opts, in_place, &what)?;
         } else {
-            let inputs = make_inputs::<bf16>(&mut rng, kind, world, len);
+            let inputs = make_inputs::<bf16>(rng, kind, world, len);
             check_case(comm, &inputs, &opts, in_place, &what)?;
         }
         *counts.entry(format!("W={world} {algorithm:?} {}", transport.label())).or_default() += 1;
     }
-    println!("allreduce::random_cases_bit_exact: {cases} cases bit-identical on every rank: {counts:?}");
+    println!("{name}: {cases} cases bit-identical on every rank: {counts:?}");
     Ok(())
 }
 
@@ -334,5 +364,75 @@ pub fn nccl_baseline_agrees() -> TestResult {
             }
         }
     }
+    Ok(())
+}
+
+/// Calls captured into CUDA graphs (one per rank, through the raw entry
+/// point on the rank's own stream) and replayed with fresh inputs: every
+/// replay bit-identical to the reference. The kernels keep their epochs in
+/// device memory and take fixed pointers, so a replay is a new call to them.
+/// Four ranks on the GPUs there are (sharing GPUs where fewer than four).
+pub fn graph_replay_bit_exact() -> TestResult {
+    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    use cudarc::driver::{DevicePtr, DevicePtrMut};
+    let gpus = flashcomm::gpu_count();
+    let world = 4;
+    let devices: Vec<usize> = (0..world).map(|r| r % gpus.clamp(1, world)).collect();
+    // Small staging: the multi-piece schedule replays too.
+    let config = Config { shared_devices: gpus < world, max_piece_elems: 1 << 18, ..exact_config() };
+    let comm = ctx(Communicator::new(&devices, config, &KERNELS), &format!("create a communicator on {devices:?}"))?;
+    let mut rng = Rng::new(seed("allreduce::graph_replay_bit_exact"));
+    let cases = [
+        (Algorithm::OneShot, Quantization::None, 3000usize),
+        (Algorithm::TwoShot, Quantization::None, 200_001),
+        (Algorithm::Flash, Quantization::INT8, 1_000_000),
+        (Algorithm::Flash, Quantization::INT4, 777_777),
+    ];
+    for (algorithm, quantization, len) in cases {
+        let what = format!("graph {algorithm:?} {} len {len}", quantization.label());
+        let opts = CallOptions { algorithm: Some(algorithm), quantization: Some(quantization), ..Default::default() };
+        let mut d_in = upload(&comm, &make_inputs::<bf16>(&mut rng, DataKind::Activations, world, len))?;
+        let mut d_out = poisoned::<bf16>(&comm, len)?;
+        ctx(comm.synchronize(), &what)?;
+        let mut graphs = Vec::with_capacity(world);
+        for r in 0..world {
+            let user = ctx(ctx(comm.context(r), "ctx")?.new_stream(), "new_stream")?;
+            let (src, dst) = {
+                let (src, _g1) = d_in[r].device_ptr(&user);
+                let (dst, _g2) = d_out[r].device_ptr_mut(&user);
+                (src, dst)
+            };
+            ctx(user.synchronize(), "user stream")?;
+            ctx(user.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL), "begin capture")?;
+            // SAFETY: both buffers live on rank r's GPU with `len` elements
+            // and outlive every replay (dropped after the loop below).
+            let call = unsafe { comm.all_reduce_raw(r, src, dst, len, flashcomm::Dtype::Bf16, user.cu_stream(), &opts) };
+            let graph = user.end_capture(CUgraphInstantiate_flags(0));
+            ctx(call, &format!("{what}: capture rank {r}"))?;
+            let graph = ctx(graph, "end capture")?.ok_or_else(|| format!("{what}: rank {r}: capture produced no graph"))?;
+            graphs.push((user, graph));
+        }
+        for replay in 0..3 {
+            let inputs = make_inputs::<bf16>(&mut rng, DataKind::Activations, world, len);
+            for r in 0..world {
+                let stream = ctx(comm.stream(r), "stream")?;
+                ctx(stream.memcpy_htod(&inputs[r], &mut d_in[r]), "upload")?;
+                ctx(stream.memcpy_htod(&vec![bf16::from_bits(0xFFFF); len], &mut d_out[r]), "poison")?;
+                ctx(stream.synchronize(), "upload")?;
+            }
+            for (_, graph) in &graphs {
+                ctx(graph.launch(), &format!("{what}: replay {replay}"))?;
+            }
+            for (user, _) in &graphs {
+                ctx(user.synchronize(), &format!("{what}: replay {replay}"))?;
+            }
+            ctx(comm.synchronize(), &format!("{what}: replay {replay}"))?;
+            let refs: Vec<&[bf16]> = inputs.iter().map(|v| v.as_slice()).collect();
+            let expected = ctx(reference_all_reduce(&refs, &quantization), "reference")?;
+            compare_bits(&download(&comm, &d_out)?, &expected, &format!("{what}: replay {replay}"))?;
+        }
+        drop(graphs);
+    }
+    println!("allreduce::graph_replay_bit_exact: 4 plans x 3 replays bit-identical on {devices:?}");
     Ok(())
 }

@@ -25,10 +25,21 @@ fn correct_call(comm: &Communicator, rng: &mut Rng, len: usize, what: &str) -> T
 /// refuses work until `recover()`, and then works again.
 pub fn watchdog_missing_rank() -> TestResult {
     let world = flashcomm::gpu_count().min(4);
+    watchdog_on(&(0..world).collect::<Vec<_>>(), exact_config(), "failure::watchdog_missing_rank")
+}
+
+/// [`watchdog_missing_rank`] with three ranks sharing one GPU
+/// (`Config::shared_devices`): the missing rank's blocks never launch.
+pub fn watchdog_missing_rank_shared_device() -> TestResult {
+    watchdog_on(&[0, 0, 0], Config { shared_devices: true, ..exact_config() }, "failure::watchdog_missing_rank_shared_device")
+}
+
+fn watchdog_on(devices: &[usize], base: Config, name: &str) -> TestResult {
+    let world = devices.len();
     let timeout = Duration::from_millis(100);
-    let config = Config { timeout: Some(timeout), quantization: Quantization::INT8, ..exact_config() };
-    let comm = ctx(Communicator::new(&(0..world).collect::<Vec<_>>(), config, &KERNELS), "create")?;
-    let mut rng = Rng::new(seed("failure::watchdog_missing_rank"));
+    let config = Config { timeout: Some(timeout), quantization: Quantization::INT8, ..base.clone() };
+    let comm = ctx(Communicator::new(devices, config, &KERNELS), "create")?;
+    let mut rng = Rng::new(seed(name));
     for (algorithm, len) in [(Algorithm::Flash, 1usize << 20), (Algorithm::OneShot, 4096), (Algorithm::TwoShot, 100_000)] {
         let missing = world - 1;
         let inputs = make_inputs::<bf16>(&mut rng, DataKind::Normal, world, len);
@@ -49,7 +60,7 @@ pub fn watchdog_missing_rank() -> TestResult {
             }
         }
         let elapsed = start.elapsed();
-        println!("failure::watchdog_missing_rank: {algorithm:?}: {} ranks timed out after {elapsed:?} (timeout {timeout:?})", missing);
+        println!("{name}: {algorithm:?}: {} ranks timed out after {elapsed:?} (timeout {timeout:?})", missing);
         if elapsed > Duration::from_secs(2) {
             return Err(format!("{algorithm:?}: waiting ranks took {elapsed:?} to give up").into());
         }
@@ -63,7 +74,7 @@ pub fn watchdog_missing_rank() -> TestResult {
     }
     // A fresh communicator on the same GPUs also works.
     drop(comm);
-    let fresh = ctx(Communicator::new(&(0..world).collect::<Vec<_>>(), exact_config(), &KERNELS), "create fresh")?;
+    let fresh = ctx(Communicator::new(devices, base, &KERNELS), "create fresh")?;
     correct_call(&fresh, &mut rng, 50_000, "fresh communicator")
 }
 

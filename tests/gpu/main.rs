@@ -23,14 +23,17 @@ fn main() {
     let tests: &[(&str, usize, TestFn)] = &[
         ("codec::round_trip_bit_exact", 1, codec::round_trip_bit_exact),
         ("allreduce::random_cases_bit_exact", 2, allreduce::random_cases_bit_exact),
+        ("allreduce::shared_device_ranks_bit_exact", 1, allreduce::shared_device_ranks_bit_exact),
         ("allreduce::consecutive_calls_and_pieces", 2, allreduce::consecutive_calls_and_pieces),
         ("allreduce::unquantized_is_rank_ordered_sum", 2, allreduce::unquantized_is_rank_ordered_sum),
         ("allreduce::per_rank_calls_from_threads", 2, allreduce::per_rank_calls_from_threads),
         ("allreduce::raw_entry_point", 2, allreduce::raw_entry_point),
+        ("allreduce::graph_replay_bit_exact", 1, allreduce::graph_replay_bit_exact),
         ("allreduce::real_activations_bit_exact", 4, allreduce::real_activations_bit_exact),
         ("allreduce::nccl_baseline_agrees", 2, allreduce::nccl_baseline_agrees),
         ("allreduce::auto_nccl_fallback", 2, allreduce::auto_nccl_fallback),
         ("failure::watchdog_missing_rank", 2, failure::watchdog_missing_rank),
+        ("failure::watchdog_missing_rank_shared_device", 1, failure::watchdog_missing_rank_shared_device),
         ("failure::mismatched_lengths_detected", 2, failure::mismatched_lengths_detected),
         ("failure::bad_inputs_fail_before_launch", 2, failure::bad_inputs_fail_before_launch),
     ];

@@ -125,7 +125,8 @@ fn fnv1a(words: &[u64]) -> u32 {
 
 impl Communicator {
     /// Creates a communicator over `devices` (one rank per device, rank
-    /// order = list order) with the kernels of `image`.
+    /// order = list order; a device may repeat only with
+    /// [`Config::shared_devices`]) with the kernels of `image`.
     ///
     /// Checks the devices, enables and *probes* peer access across every
     /// ordered pair (a real store and load by a kernel), loads the kernels,
@@ -136,11 +137,11 @@ impl Communicator {
         if !(2..=MAX_WORLD).contains(&world) {
             return Err(Error::WorldSize { world, min: 2, max: MAX_WORLD });
         }
-        for (i, d) in devices.iter().enumerate() {
-            if devices[..i].contains(d) {
-                return Err(Error::DuplicateDevice { device: *d });
-            }
+        let repeated = devices.iter().enumerate().find(|&(i, d)| devices[..i].contains(d)).map(|(_, &d)| d);
+        if let (Some(device), false) = (repeated, config.shared_devices) {
+            return Err(Error::DuplicateDevice { device });
         }
+        let shared = repeated.is_some();
         let count = gpu_count();
         if count == 0 {
             return Err(Error::NoGpu("no CUDA driver or no device".into()));
@@ -149,11 +150,22 @@ impl Communicator {
             return Err(Error::NoSuchDevice { device, count });
         }
 
-        let ctxs = devices.iter().map(|&d| CudaContext::new(d)).collect::<std::result::Result<Vec<_>, _>>()?;
-        // Peer access for every ordered pair, before any allocation peers map.
+        // One context per GPU; ranks sharing a GPU (Config::shared_devices)
+        // share its context and reach each other's buffers directly.
+        let mut ctxs: Vec<Arc<CudaContext>> = Vec::with_capacity(world);
+        for (i, &d) in devices.iter().enumerate() {
+            let ctx = match devices[..i].iter().position(|&e| e == d) {
+                Some(first) => ctxs[first].clone(),
+                None => CudaContext::new(d)?,
+            };
+            ctxs.push(ctx);
+        }
+        // Peer access for every ordered pair of distinct GPUs (once per
+        // pair: enabling twice is an error), before any allocation peers map.
         for (i, a) in ctxs.iter().enumerate() {
             for (j, b) in ctxs.iter().enumerate() {
-                if i == j {
+                let repeat = devices[..i].contains(&devices[i]) || devices[..j].contains(&devices[j]);
+                if devices[i] == devices[j] || repeat {
                     continue;
                 }
                 if !raw::peer::can_access(a.cu_device(), b.cu_device())? {
@@ -245,13 +257,16 @@ impl Communicator {
             r.args.sync[..world].copy_from_slice(&syncs);
         }
 
+        // Blocks of every rank's kernel must be resident together (they
+        // wait on each other); ranks sharing a GPU split its capacity.
         let mut resident_blocks = HashMap::new();
         for &k in &all_kernels {
             let mut fewest = MAX_BLOCKS as u32;
             for rank in &ranks {
+                let sharing = devices.iter().filter(|&&d| d == rank.device).count() as u32;
                 let sms = rank.ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
                 let per_sm = rank.functions[&k].occupancy_max_active_blocks_per_multiprocessor(THREADS, 0, None)?;
-                fewest = fewest.min(sms * per_sm.max(0) as u32);
+                fewest = fewest.min(sms * per_sm.max(0) as u32 / sharing);
             }
             if fewest == 0 {
                 return Err(Error::InvalidConfig(format!("kernel {} cannot launch {THREADS} threads per block on these GPUs", k.name())));
@@ -262,7 +277,7 @@ impl Communicator {
         let gpu_name = ranks[0].ctx.name()?;
         let thresholds = config.thresholds.unwrap_or_else(|| tuning::builtin(&gpu_name, world));
         #[cfg(feature = "nccl")]
-        let nccl = if config.nccl_fallback && crate::nccl::available() {
+        let nccl = if config.nccl_fallback && !shared && crate::nccl::available() {
             crate::nccl::NcclComms::new(ranks.iter().map(|r| r.stream.clone()).collect()).ok()
         } else {
             None
