@@ -1,15 +1,19 @@
 //! All-reduce benchmark: flashcomm against NCCL on this host's GPUs.
 //!
-//! `cargo bench --bench allreduce -- [--quick] [--worlds 2,4] [--iters N] [--out DIR]`
-//! (staged by `scripts/gpu-suite.sh` and run on the GPU host as
-//! `scripts/gpu-suite.sh remote bench`). Without GPUs it says so and exits.
+//! `cargo bench --bench allreduce -- [--quick] [--worlds 2,4] [--iters N] [--sizes 16K,1M]
+//! [--graphs K] [--shared-gpu] [--out DIR]` (staged by `scripts/gpu-suite.sh` and run on
+//! the GPU host as `scripts/gpu-suite.sh remote bench`). `--graphs K` times
+//! CUDA-graph replays of K back-to-back calls for every contender;
+//! `--shared-gpu` is a smoke test of the harness with every rank on GPU 0
+//! (no NCCL; the times mean nothing). Without GPUs it says so and exits.
 use flashcomm::bench::{run_and_report, BenchOptions};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let gpus = flashcomm::gpu_count();
-    if gpus < 2 {
-        println!("allreduce bench: skipped, needs 2+ GPUs ({gpus} visible)");
+    let shared_gpu = args.iter().any(|a| a == "--shared-gpu");
+    if gpus < 2 && !(shared_gpu && gpus == 1) {
+        println!("allreduce bench: skipped, needs 2+ GPUs ({gpus} visible; --shared-gpu runs a smoke test on one)");
         return;
     }
     let mut opts = if args.iter().any(|a| a == "--quick") { BenchOptions::quick(gpus) } else { BenchOptions::full() };
@@ -26,6 +30,8 @@ fn main() {
             "--out" => out = Some(std::path::PathBuf::from(it.next().expect("--out DIR"))),
             "--no-progress" => opts.progress = false,
             "--no-plot" => opts.plot = false,
+            "--graphs" => opts.graph_calls = Some(it.next().expect("--graphs K").parse().expect("calls per graph")),
+            "--shared-gpu" => opts.shared_gpu = true,
             "--transports" => opts.contenders = flashcomm::bench::transport_contenders(),
             "--phases" => opts.contenders = flashcomm::bench::phase_contenders(),
             "--sizes" => {

@@ -3,7 +3,7 @@
 #
 #   scripts/gpu-suite.sh stage            # here: build release test/bench/main binaries, packed into .gpu-stage/bins.tar.gz
 #                                         #   (STAGE_EXTRA="f1 f2": variant binaries or wrappers named bench-<name>, packed too)
-#   scripts/gpu-suite.sh remote [WHAT..]  # on the GPU host (repo root): run them; WHAT = tests | bench | bench-phases | bench-transports | bench-pieces | bench-variants | torch | main
+#   scripts/gpu-suite.sh remote [WHAT..]  # on the GPU host (repo root): run them; WHAT = tests | bench | bench-graphs | bench-phases | bench-transports | bench-pieces | bench-variants | torch | main
 #
 # With the device tool: stage, then run
 #   bash scripts/gpu-suite.sh remote tests bench     (carry: [".gpu-stage"])
@@ -70,6 +70,11 @@ remote)
           | tee "$out/gpu-tests.log" || status=1 ;;
       bench)
         timeout 900 "$stage/bench-allreduce" --no-progress --out "$out" ${BENCH_ARGS:-} 2>&1 | tee "$out/bench.log" || status=1 ;;
+      bench-graphs)
+        # Every contender under CUDA-graph replay (GRAPH_CALLS calls per graph).
+        mkdir -p "$out/graphs"
+        timeout 900 "$stage/bench-allreduce" --no-progress --graphs "${GRAPH_CALLS:-10}" --out "$out/graphs" ${BENCH_ARGS:-} 2>&1 \
+          | tee "$out/graphs.log" || status=1 ;;
       bench-phases)
         mkdir -p "$out/phases"
         timeout 900 "$stage/bench-allreduce" --no-progress --no-plot --phases --sizes 64M,256M \

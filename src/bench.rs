@@ -11,6 +11,13 @@
 //!   row reports the median (and the 10th/90th percentiles);
 //! - the error columns compare rank 0's output with the exact f64 sum on
 //!   LLM-like data (normal bulk + outlier channels).
+//!
+//! With `graph_calls = Some(k)` every contender is captured instead: one CUDA
+//! graph per rank holding `k` back-to-back calls (inputs rotating), and each
+//! timed sample is one replay of every rank's graph, divided by `k`. This is
+//! how an engine replays a decode step: no host launch gaps between the
+//! ranks' kernels after the first call, so small messages show the
+//! collectives' own latency.
 use crate::comm::CallOptions;
 use crate::cudarc::driver::{sys, CudaEvent, CudaSlice};
 use crate::{Algorithm, Communicator, Config, Quantization};
@@ -145,6 +152,12 @@ pub struct BenchOptions {
     pub progress: bool,
     /// Write PNG plots next to the JSON.
     pub plot: bool,
+    /// Time CUDA-graph replays of this many back-to-back calls per sample
+    /// instead of eager calls (module docs).
+    pub graph_calls: Option<usize>,
+    /// Smoke test of the harness on one GPU: every rank on GPU 0
+    /// (`Config::shared_devices`), no NCCL. The times mean nothing.
+    pub shared_gpu: bool,
 }
 
 impl BenchOptions {
@@ -160,6 +173,8 @@ impl BenchOptions {
             oneshot_max_bytes: 16 << 20,
             progress: true,
             plot: true,
+            graph_calls: None,
+            shared_gpu: false,
         }
     }
 
@@ -326,6 +341,84 @@ fn time_calls(
     Ok(times)
 }
 
+/// Times one contender at one size under CUDA-graph replay (module docs):
+/// per-call times in microseconds, one sample per replay. Returns the
+/// input set the last call of a replay used.
+#[allow(clippy::too_many_arguments)]
+fn time_graph_replays(
+    comm: &Communicator,
+    nccl: Option<&crate::nccl::NcclBaseline>,
+    contender: Contender,
+    sets: &Sets,
+    outputs: &mut [CudaSlice<bf16>],
+    warmup: usize,
+    iters: usize,
+    calls: usize,
+) -> crate::Result<(Vec<f64>, usize)> {
+    use crate::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    let world = comm.world_size();
+    let opts = contender.options();
+    comm.synchronize()?;
+    // Relaxed: every rank's stream captures at once, and ending one capture
+    // instantiates its graph (an allocating call, which the stricter modes
+    // refuse while the other streams still capture).
+    for r in 0..world {
+        comm.stream(r)?.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)?;
+    }
+    let mut issued = Ok(());
+    for i in 0..calls {
+        let set = &sets.inputs[i % sets.inputs.len()];
+        issued = match contender {
+            Contender::Nccl => nccl.expect("NCCL contender without NCCL").all_reduce(set, outputs),
+            _ => comm.all_reduce_with(set, outputs, &opts),
+        };
+        if issued.is_err() {
+            break;
+        }
+    }
+    // Every capture is ended, also after a failed call.
+    let graphs: Vec<_> = (0..world).map(|r| Ok(comm.stream(r)?.end_capture(CUgraphInstantiate_flags(0))?)).collect::<crate::Result<_>>()?;
+    issued?;
+    let graphs: Vec<_> = graphs.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| crate::Error::InvalidConfig("stream capture produced no graph".into()))?;
+    for g in &graphs {
+        g.upload()?;
+    }
+    for _ in 0..warmup.div_ceil(calls).max(1) {
+        for g in &graphs {
+            g.launch()?;
+        }
+    }
+    comm.synchronize()?;
+    let mut events = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let mut pair = Vec::with_capacity(world);
+        for r in 0..world {
+            let ctx = comm.context(r)?;
+            pair.push((ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?, ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?));
+        }
+        for (r, (start, _)) in pair.iter().enumerate() {
+            start.record(comm.stream(r)?)?;
+        }
+        for g in &graphs {
+            g.launch()?;
+        }
+        for (r, (_, end)) in pair.iter().enumerate() {
+            end.record(comm.stream(r)?)?;
+        }
+        events.push(pair);
+    }
+    comm.synchronize()?;
+    let mut times = Vec::with_capacity(iters);
+    for pair in &events {
+        let mut longest = 0.0f64;
+        for (start, end) in pair {
+            longest = longest.max(start.elapsed_ms(end)? as f64 * 1000.0);
+        }
+        times.push(longest / calls as f64);
+    }
+    Ok((times, (calls - 1) % sets.inputs.len()))
+}
+
 /// Error of rank 0's output (prefix) against the exact sum of the set used last.
 fn error_stats(comm: &Communicator, sets: &Sets, last_set: usize, output: &CudaSlice<bf16>, len: usize) -> crate::Result<(f64, f64)> {
     let n = len.min(ERROR_PREFIX);
@@ -350,13 +443,15 @@ pub fn run(opts: &BenchOptions, command: &str) -> crate::Result<Report> {
     bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} [{elapsed}]").unwrap());
     let mut gpu = String::new();
     for &world in &opts.worlds {
-        if world > crate::gpu_count() {
+        if world > crate::gpu_count() && !opts.shared_gpu {
             bar.println(format!("skipping W={world}: only {} GPUs", crate::gpu_count()));
             bar.inc((opts.sizes.len() * opts.contenders.len()) as u64);
             continue;
         }
+        let devices: Vec<usize> = if opts.shared_gpu { vec![0; world] } else { (0..world).collect() };
         // Environment overrides apply (e.g. `FLASHCOMM_MAX_PIECE_ELEMS` for piece-size sweeps).
-        let comm = Communicator::new(&(0..world).collect::<Vec<_>>(), Config::default().with_env_overrides()?, &crate::KERNELS)?;
+        let config = Config { shared_devices: opts.shared_gpu, ..Config::default().with_env_overrides()? };
+        let comm = Communicator::new(&devices, config, &crate::KERNELS)?;
         gpu = comm.gpu_name().to_string();
         // One stream per rank drives everything: cudarc's per-buffer event
         // bookkeeping would only add host work, equally for every contender.
@@ -365,6 +460,7 @@ pub fn run(opts: &BenchOptions, command: &str) -> crate::Result<Report> {
             unsafe { comm.context(r)?.disable_event_tracking() };
         }
         let nccl = match crate::nccl::NcclBaseline::new(&comm) {
+            _ if opts.shared_gpu => None,
             Ok(n) => Some(n),
             Err(e) => {
                 bar.println(format!("NCCL unavailable ({e}); its rows are skipped"));
@@ -386,10 +482,12 @@ pub fn run(opts: &BenchOptions, command: &str) -> crate::Result<Report> {
                     bar.inc(1);
                     continue;
                 }
-                let mut times = time_calls(&comm, nccl.as_ref(), contender, &sets, &mut outputs, opts.warmup, opts.iters)?;
+                let (mut times, last_set) = match opts.graph_calls {
+                    Some(calls) => time_graph_replays(&comm, nccl.as_ref(), contender, &sets, &mut outputs, opts.warmup, opts.iters, calls.max(1))?,
+                    None => (time_calls(&comm, nccl.as_ref(), contender, &sets, &mut outputs, opts.warmup, opts.iters)?, (opts.iters - 1) % nsets),
+                };
                 times.sort_by(|a, b| a.partial_cmp(b).unwrap());
                 let median = percentile(&times, 0.5);
-                let last_set = (opts.iters - 1) % nsets;
                 let (rel_l2, max_abs) = error_stats(&comm, &sets, last_set, &outputs[0], len)?;
                 if contender == Contender::Nccl {
                     nccl_median = Some(median);
@@ -425,14 +523,20 @@ pub fn run(opts: &BenchOptions, command: &str) -> crate::Result<Report> {
         }
     }
     bar.finish_and_clear();
-    let suggested_thresholds = opts.worlds.iter().filter_map(|&w| suggest_thresholds(&rows, w)).collect();
+    // A smoke test's times suggest nothing.
+    let suggested_thresholds = if opts.shared_gpu { vec![] } else { opts.worlds.iter().filter_map(|&w| suggest_thresholds(&rows, w)).collect() };
     Ok(Report {
         date: utc_date(),
         gpu,
         command: command.to_string(),
-        method: "eager, one host thread for all ranks; out of place; inputs rotated over >=256 MiB per GPU; \
-                 CUDA events per rank, per-call time = longest rank; median of the timed calls"
-            .into(),
+        method: format!(
+            "{}{}; out of place; inputs rotated over >=256 MiB per GPU; CUDA events per rank, per-call time = longest rank; median of the timed samples",
+            if opts.shared_gpu { "SMOKE TEST, every rank on GPU 0 (times mean nothing); " } else { "" },
+            match opts.graph_calls {
+                Some(k) => format!("CUDA-graph replay, {k} back-to-back calls per graph and rank, one host thread launching every rank's graph, sample = replay time / {k}"),
+                None => "eager, one host thread for all ranks".into(),
+            }
+        ),
         rows,
         suggested_thresholds,
     })
@@ -506,7 +610,7 @@ fn utc_date() -> String {
 
 /// The rows as a markdown table per world size.
 pub fn markdown(report: &Report) -> String {
-    let mut s = String::new();
+    let mut s = format!("Method: {}.\n", report.method);
     let mut worlds: Vec<usize> = report.rows.iter().map(|r| r.world).collect();
     worlds.dedup();
     for w in worlds {

@@ -2,7 +2,9 @@
 //!
 //! `cargo run --release` picks what the machine can do:
 //! - 2+ GPUs: a short benchmark against NCCL (table on stdout);
-//! - 1 GPU: the codec kernels' bit-exactness check against the host codec;
+//! - 1 GPU: the codec kernels' bit-exactness check against the host codec,
+//!   then the all-reduce kernels with four ranks sharing the GPU against the
+//!   CPU reference;
 //! - no GPU: the error of every quantization setting on LLM-like activations
 //!   (CPU reference reducer, which the GPU matches bit for bit).
 //!
@@ -124,6 +126,48 @@ fn gpu_check() -> Result<(), String> {
         }
     }
     println!("GPU codec round trip: {checked} configurations bit-identical to the host codec on {}", codec.context().name().unwrap_or_default());
+    drop(codec);
+    shared_gpu_check()
+}
+
+/// The all-reduce kernels with four ranks sharing GPU 0
+/// (`Config::shared_devices`) against the CPU reference: exact results, no
+/// speed meaning (the ranks split one GPU's SMs; no links are involved).
+fn shared_gpu_check() -> Result<(), String> {
+    use flashcomm::{Algorithm, CallOptions, Communicator, Config, Quantization};
+    let world = 4;
+    let config = Config { shared_devices: true, nccl_fallback: false, ..Config::default() };
+    let comm = Communicator::new(&[0; 4], config, &flashcomm::KERNELS).map_err(|e| e.to_string())?;
+    let len = 1 << 20;
+    let settings = [
+        (Algorithm::OneShot, Quantization::None),
+        (Algorithm::TwoShot, Quantization::None),
+        (Algorithm::Flash, Quantization::INT8),
+        (Algorithm::Flash, Quantization::INT6),
+        (Algorithm::Flash, Quantization::INT4),
+    ];
+    for (i, (algorithm, quantization)) in settings.into_iter().enumerate() {
+        let inputs = flashcomm::synth::rank_activations::<bf16>(100 + i as u64, world, len, 4096);
+        let d_in = (0..world).map(|r| comm.stream(r)?.clone_htod(&inputs[r]).map_err(Into::into)).collect::<flashcomm::Result<Vec<_>>>().map_err(|e| e.to_string())?;
+        let mut d_out = (0..world)
+            .map(|r| comm.stream(r)?.clone_htod(&vec![bf16::from_bits(0xFFFF); len]).map_err(Into::into))
+            .collect::<flashcomm::Result<Vec<_>>>()
+            .map_err(|e| e.to_string())?;
+        let opts = CallOptions { algorithm: Some(algorithm), quantization: Some(quantization), ..Default::default() };
+        comm.all_reduce_with(&d_in, &mut d_out, &opts).map_err(|e| e.to_string())?;
+        comm.synchronize().map_err(|e| e.to_string())?;
+        let refs: Vec<&[bf16]> = inputs.iter().map(|v| v.as_slice()).collect();
+        let want = reference_all_reduce(&refs, &quantization).map_err(|e| e.to_string())?;
+        for (r, out) in d_out.iter().enumerate() {
+            let got = comm.stream(r).map_err(|e| e.to_string())?.clone_dtoh(out).map_err(|e| e.to_string())?;
+            if let Some(k) = (0..len).find(|&k| got[k].to_bits() != want[k].to_bits()) {
+                return Err(format!("{algorithm:?} {}: rank {r} element {k} is {}, the reference {}", quantization.label(), got[k], want[k]));
+            }
+        }
+    }
+    println!(
+        "All-reduce, {world} ranks sharing GPU 0 (Config::shared_devices: a correctness check, no speed meaning): one-shot, two-shot, INT8, INT6, INT4 on {len} bf16 elements bit-identical to the CPU reference on every rank"
+    );
     Ok(())
 }
 
