@@ -103,6 +103,8 @@ pub struct CollectiveArgs {
     /// back, every piece with the geometry of a full one. One-shot: `len`.
     pub piece_len: u64,
     /// Phase-1 staging of each rank: `world` shard blobs, `shard_stride` apart.
+    /// One-shot launches get each rank's one-shot buffer here instead (two
+    /// slots of `world` raw regions, `shard_stride` apart).
     pub staging_in: [u64; MAX_WORLD],
     /// Phase-2 staging of each rank: the blob of the shard it owns.
     pub staging_out: [u64; MAX_WORLD],

@@ -32,6 +32,15 @@ use std::sync::{Arc, Mutex};
 /// Group size the unquantized two-shot uses to cut shards (any multiple of
 /// 16 works; 256 keeps shards aligned for every quantized group size too).
 const RAW_SHARD_UNIT: usize = 256;
+/// Largest one-shot launch (elements; a multiple of 512): its buffer holds
+/// two slots of `world` raw copies of this many elements (16 MiB per GPU at
+/// W = 2, 64 MiB at W = 8). Longer one-shot calls run in several launches;
+/// `Auto` picks the one-shot only far below this.
+const ONESHOT_MAX_ELEMS: usize = 2 << 20;
+/// Blocks of every one-shot launch, whatever its size: the kernel's slot
+/// reuse without an exit barrier needs block `b` to cover the same tiles in
+/// every call (kernel docs); capped by residency.
+const ONESHOT_GRID: u32 = 128;
 
 /// Per-call overrides of the communicator's [`Config`].
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -82,6 +91,9 @@ struct Rank {
     args: CollectiveArgs,
     staging_in: PeerBuffer,
     staging_out: PeerBuffer,
+    /// The one-shot kernel's buffer (two slots of `world` regions,
+    /// `oneshot_stride` bytes apart), written by every rank.
+    oneshot: PeerBuffer,
     sync: PeerBuffer,
     /// Serialises launches on this rank (one host thread at a time).
     launch: Mutex<()>,
@@ -96,6 +108,10 @@ pub struct Communicator {
     /// Blocks every rank can keep resident at once, per kernel (the minimum
     /// over ranks, so every rank launches the same grid).
     resident_blocks: HashMap<Kernel, u32>,
+    /// Every rank's one-shot buffer, in rank order, and the bytes between
+    /// its regions.
+    oneshot_buffers: [u64; MAX_WORLD],
+    oneshot_stride: usize,
     gpu_name: String,
     poisoned: Mutex<Option<String>>,
     #[cfg(feature = "nccl")]
@@ -185,6 +201,7 @@ impl Communicator {
         // bounds every quantized blob (at most 1.25 bytes/element).
         let max_groups = config.max_piece_elems.div_ceil(RAW_SHARD_UNIT).div_ceil(world);
         let shard_stride = ShardLayout::new(max_groups, RAW_SHARD_UNIT, 16).total_bytes().next_multiple_of(256);
+        let oneshot_stride = ShardLayout::new(Self::oneshot_elems(&config) / CHUNK, CHUNK, 16).total_bytes().next_multiple_of(256);
 
         // Load the module on every GPU in parallel (the driver JIT-compiles the PTX).
         let all_kernels = Kernel::all();
@@ -215,6 +232,7 @@ impl Communicator {
                 stream: ctx.new_stream()?,
                 staging_in: PeerBuffer::zeroed(ctx, world * shard_stride)?,
                 staging_out: PeerBuffer::zeroed(ctx, world * shard_stride)?,
+                oneshot: PeerBuffer::zeroed(ctx, 2 * world * oneshot_stride)?,
                 sync: PeerBuffer::zeroed(ctx, sync_area::BYTES)?,
                 ctx: ctx.clone(),
                 _module: module,
@@ -256,6 +274,10 @@ impl Communicator {
             r.args.staging_out[..world].copy_from_slice(&outs);
             r.args.sync[..world].copy_from_slice(&syncs);
         }
+        let mut oneshot_buffers = [0; MAX_WORLD];
+        for (slot, r) in oneshot_buffers.iter_mut().zip(&ranks) {
+            *slot = r.oneshot.ptr();
+        }
 
         // Blocks of every rank's kernel must be resident together (they
         // wait on each other); ranks sharing a GPU split its capacity.
@@ -287,6 +309,8 @@ impl Communicator {
             config,
             thresholds,
             resident_blocks,
+            oneshot_buffers,
+            oneshot_stride,
             gpu_name,
             poisoned: Mutex::new(None),
             #[cfg(feature = "nccl")]
@@ -634,12 +658,16 @@ impl Communicator {
     /// Elements one launch of `plan` may cover (staging capacity).
     fn piece_elems(&self, plan: Plan) -> usize {
         match plan {
-            // The one-shot stages the whole piece in staging_in, raw.
-            // Multiples of 512 elements: raw blobs are padded to that (layout docs).
-            Plan::OneShot => (self.ranks[0].staging_in.bytes() / 2).min(self.config.max_piece_elems) / 512 * 512,
+            Plan::OneShot => Self::oneshot_elems(&self.config),
             Plan::TwoShot(_) => self.config.max_piece_elems / 512 * 512,
             Plan::Nccl => usize::MAX,
         }
+    }
+
+    /// Elements of one one-shot launch; a multiple of 512, as raw blobs are
+    /// padded to that (layout docs).
+    fn oneshot_elems(config: &Config) -> usize {
+        ONESHOT_MAX_ELEMS.min(config.max_piece_elems) / 512 * 512
     }
 
     /// Queues the kernels of one rank's part of a collective, piece by piece.
@@ -671,6 +699,11 @@ impl Communicator {
         };
         let transport = opts.transport.unwrap_or(self.config.transport).bits() | opts.diagnostic_skip;
         let mut args = CollectiveArgs { group_size: group_size as u32, transport, ..r.args };
+        if plan == Plan::OneShot {
+            // The one-shot kernel's buffers travel as its `staging_in`.
+            args.staging_in = self.oneshot_buffers;
+            args.shard_stride = self.oneshot_stride as u64;
+        }
         let piece = self.piece_elems(plan);
         let _one_at_a_time = r.launch.lock().unwrap();
         r.ctx.bind_to_thread()?;
@@ -695,7 +728,10 @@ impl Communicator {
                 Plan::TwoShot(_) => ShardGeometry::new(piece_len.min(n), world, group_size).tiles,
                 _ => n.div_ceil(CHUNK).div_ceil(THREADS as usize),
             };
-            let blocks = (tiles.max(1) as u32).min(resident);
+            let blocks = match plan {
+                Plan::OneShot => ONESHOT_GRID.min(resident),
+                _ => (tiles.max(1) as u32).min(resident),
+            };
             // SAFETY: the context is bound; the kernel takes one CollectiveArgs;
             // staging and sync buffers are owned by `self` and peer-mapped;
             // input/output hold `len` elements (checked by the callers) and

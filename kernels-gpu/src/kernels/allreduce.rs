@@ -47,10 +47,18 @@
 //! With RS = AG = 16 the same kernel is the unquantized two-shot: raw
 //! elements staged, f32 sums rounded once to the element type.
 //!
-//! **One-shot** (`allreduce_oneshot_<dtype>`), for small messages: stage my
-//! whole input raw, entry barrier, every rank reads every rank's staging and
-//! sums in rank order, exit barrier (peers may still read my staging until
-//! they pass it, and the next call overwrites it before any barrier).
+//! **One-shot** (`allreduce_oneshot_<dtype>`), for small messages: push my
+//! whole input raw into every rank's one-shot buffer (`staging_in` of the
+//! one-shot launch: two slots of `world` regions, `shard_stride` bytes
+//! apart), one barrier, then every rank sums the `world` regions of its own
+//! buffer in rank order (local loads only). No exit barrier: call `e` uses
+//! slot `e & 1` (per-block epoch), and a peer may still be reading only the
+//! slot of its previous call. Why that holds: the host launches every
+//! one-shot with the same grid, so block `b` always covers the same tiles;
+//! my previous kernel completed, so each of its blocks passed a barrier that
+//! the same block of every peer signalled, so every peer's calls before its
+//! previous one are complete; if that previous call was a one-shot, block `b`
+//! took part in it (same grid) and used the other slot.
 use super::barrier::cross_rank_barrier;
 use super::chunk::{decode_chunk, encode_chunk, fetch_chunk, load_elements, load_words, pick, store_chunk, store_elements, sum_over_ranks, unpack_words, unroll, ChunkPos};
 use crate::abi::{sync_area, CollectiveArgs, Phase, ShardGeometry, Transport, THREADS, TILE_ELEMS};
@@ -415,18 +423,25 @@ unsafe fn oneshot<E: Element>(a: &CollectiveArgs) {
     let my_sync = pick(&a.sync, me) as *mut u32;
     // SAFETY: as in `twoshot`.
     let epoch = unsafe { ld_global_u32(my_sync.add(sync_area::EPOCHS + block)) }.wrapping_add(1);
+    // The slot of this call: the other one may still be read by a peer's
+    // previous call (module docs).
+    let slot = (epoch & 1) as usize * world * a.shard_stride as usize;
     let input = a.input as *const u16;
     let output = a.output as *mut u16;
-    let staging = pick(&a.staging_in, me) as *mut u8;
 
     let mut t = block;
     while t < tiles {
         let pos = ChunkPos::new(t * THREADS as usize + tid, len, slots);
-        // SAFETY: `valid` input elements; the chunk's raw slot is in my staging.
+        // SAFETY: `valid` input elements; the chunk's raw slot lies in my
+        // region of every rank's one-shot buffer, in this call's slot.
         unsafe {
-            let x = load_elements::<E>(input.add(pos.index * CHUNK), pos.valid);
+            let wire = encode_chunk::<E, 16>(&load_elements::<E>(input.add(pos.index * CHUNK), pos.valid), pos, 4);
             if pos.in_slots {
-                store_chunk::<16>(staging, &layout, pos, &encode_chunk::<E, 16>(&x, pos, 4), 4);
+                // Rank-rotated destinations, mine first (no incast).
+                for i in 0..world {
+                    let d = if me + i >= world { me + i - world } else { me + i };
+                    store_chunk::<16>((pick(&a.staging_in, d) as *mut u8).add(slot + me * a.shard_stride as usize), &layout, pos, &wire, 4);
+                }
             }
         }
         t += blocks;
@@ -435,26 +450,22 @@ unsafe fn oneshot<E: Element>(a: &CollectiveArgs) {
     if !unsafe { cross_rank_barrier(a, Phase::Staged, block, epoch) } {
         return;
     }
+    let mine = pick(&a.staging_in, me) as *const u8;
     let mut t = block;
     while t < tiles {
         let pos = ChunkPos::new(t * THREADS as usize + tid, len, slots);
         if pos.valid > 0 {
-            // SAFETY: every rank published its staging at the entry barrier.
-            let acc = unsafe {
-                sum_over_ranks::<E, 16>(|r| pick(&a.staging_in, r) as *const u8, world, pos.index, &layout, 4)
-            };
+            // SAFETY: every rank pushed its chunk into my buffer before the
+            // barrier; all loads are local.
+            let acc = unsafe { sum_over_ranks::<E, 16>(|r| mine.add(slot + r * a.shard_stride as usize), world, pos.index, &layout, 4) };
             // SAFETY: `valid` output elements belong to this thread.
             unsafe { store_elements::<E>(output.add(pos.index * CHUNK), pos.valid, &acc) };
         }
         t += blocks;
     }
-    // Exit barrier: peers are done reading my staging before I may leave.
-    // SAFETY: every thread of the block reaches the barrier.
-    if !unsafe { cross_rank_barrier(a, Phase::Reduced, block, epoch) } {
-        return;
-    }
     if tid == 0 {
-        // SAFETY: this rank's own epoch slot for this block.
+        // SAFETY: this rank's own epoch slot for this block; every thread
+        // read the old value before the barrier.
         unsafe { st_global_u32(my_sync.add(sync_area::EPOCHS + block), epoch) };
     }
 }
