@@ -459,12 +459,16 @@ pub fn run(opts: &BenchOptions, command: &str) -> crate::Result<Report> {
             // SAFETY: every buffer of this run is used on its rank's one stream only.
             unsafe { comm.context(r)?.disable_event_tracking() };
         }
-        let nccl = match crate::nccl::NcclBaseline::new(&comm) {
-            _ if opts.shared_gpu => None,
-            Ok(n) => Some(n),
-            Err(e) => {
-                bar.println(format!("NCCL unavailable ({e}); its rows are skipped"));
-                None
+        // NCCL refuses ranks that share a GPU.
+        let nccl = if opts.shared_gpu {
+            None
+        } else {
+            match crate::nccl::NcclBaseline::new(&comm) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    bar.println(format!("NCCL unavailable ({e}); its rows are skipped"));
+                    None
+                }
             }
         };
         for &bytes in &opts.sizes {

@@ -425,7 +425,7 @@ unsafe fn oneshot<E: Element>(a: &CollectiveArgs) {
     let epoch = unsafe { ld_global_u32(my_sync.add(sync_area::EPOCHS + block)) }.wrapping_add(1);
     // The slot of this call: the other one may still be read by a peer's
     // previous call (module docs).
-    let slot = (epoch & 1) as usize * world * a.shard_stride as usize;
+    let slot_base = (epoch & 1) as usize * world * a.shard_stride as usize;
     let input = a.input as *const u16;
     let output = a.output as *mut u16;
 
@@ -440,7 +440,7 @@ unsafe fn oneshot<E: Element>(a: &CollectiveArgs) {
                 // Rank-rotated destinations, mine first (no incast).
                 for i in 0..world {
                     let d = if me + i >= world { me + i - world } else { me + i };
-                    store_chunk::<16>((pick(&a.staging_in, d) as *mut u8).add(slot + me * a.shard_stride as usize), &layout, pos, &wire, 4);
+                    store_chunk::<16>((pick(&a.staging_in, d) as *mut u8).add(slot_base + me * a.shard_stride as usize), &layout, pos, &wire, 4);
                 }
             }
         }
@@ -457,7 +457,7 @@ unsafe fn oneshot<E: Element>(a: &CollectiveArgs) {
         if pos.valid > 0 {
             // SAFETY: every rank pushed its chunk into my buffer before the
             // barrier; all loads are local.
-            let acc = unsafe { sum_over_ranks::<E, 16>(|r| mine.add(slot + r * a.shard_stride as usize), world, pos.index, &layout, 4) };
+            let acc = unsafe { sum_over_ranks::<E, 16>(|r| mine.add(slot_base + r * a.shard_stride as usize), world, pos.index, &layout, 4) };
             // SAFETY: `valid` output elements belong to this thread.
             unsafe { store_elements::<E>(output.add(pos.index * CHUNK), pos.valid, &acc) };
         }
