@@ -36,10 +36,14 @@ pub mod sync_area {
     pub const FLAGS: usize = 0;
     /// Words per phase in [`FLAGS`].
     pub const FLAGS_PER_PHASE: usize = MAX_BLOCKS * MAX_WORLD;
-    /// `tags[block][peer]`: the call tag a peer signalled with at the entry barrier.
+    /// `tags[epoch & 1][block][peer]`: the call tag a peer signalled with at
+    /// a `Staged` barrier of that epoch. Two slots: a peer can run at most
+    /// one epoch ahead of a block that has not yet read its tag.
     pub const TAGS: usize = FLAGS + 2 * FLAGS_PER_PHASE;
+    /// Words per epoch parity in [`TAGS`].
+    pub const TAGS_PER_PARITY: usize = MAX_BLOCKS * MAX_WORLD;
     /// `epochs[block]`: calls completed by this block index on this rank.
-    pub const EPOCHS: usize = TAGS + MAX_BLOCKS * MAX_WORLD;
+    pub const EPOCHS: usize = TAGS + 2 * TAGS_PER_PARITY;
     /// One error word (see [`ErrorWord`](super::ErrorWord)); 0 = no error.
     pub const ERROR: usize = EPOCHS + MAX_BLOCKS;
     /// Scratch for the peer probe at creation: `[written by a peer, read by a peer]`.

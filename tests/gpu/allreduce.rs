@@ -436,3 +436,101 @@ pub fn graph_replay_bit_exact() -> TestResult {
     println!("allreduce::graph_replay_bit_exact: 4 plans x 3 replays bit-identical on {devices:?}");
     Ok(())
 }
+
+/// Hundreds of calls queued back to back without a host synchronisation,
+/// eager and then replayed from one CUDA graph per rank (no host gaps at
+/// all): one-shots of two lengths (different tags) and a quantized two-shot
+/// in turn, each into its own poisoned output buffer, then every output
+/// checked. The one-shot crosses one barrier per call, so a rank can run a
+/// call ahead of its peers: a slot reused too early would give a wrong sum,
+/// a tag of the next call read for this one a spurious `CollectiveMismatch`
+/// (a narrow window, fixed by construction: tags by epoch parity; this test
+/// did not reproduce it with the kernels before that fix). Four ranks on
+/// the GPUs there are (sharing where fewer).
+pub fn back_to_back_calls_no_host_sync() -> TestResult {
+    let gpus = flashcomm::gpu_count();
+    let world = 4;
+    let devices: Vec<usize> = (0..world).map(|r| r % gpus.clamp(1, world)).collect();
+    let config = Config { shared_devices: gpus < world, ..exact_config() };
+    let comm = ctx(Communicator::new(&devices, config, &KERNELS), &format!("create a communicator on {devices:?}"))?;
+    let mut rng = Rng::new(seed("allreduce::back_to_back_calls_no_host_sync"));
+    let kinds = [
+        (Algorithm::OneShot, Quantization::None, 3000usize),
+        (Algorithm::OneShot, Quantization::None, 70_001),
+        (Algorithm::Flash, Quantization::INT8, 50_000),
+    ];
+    let mut inputs = Vec::new();
+    let mut expected = Vec::new();
+    for &(_, q, len) in &kinds {
+        let data = make_inputs::<bf16>(&mut rng, DataKind::Activations, world, len);
+        let refs: Vec<&[bf16]> = data.iter().map(|v| v.as_slice()).collect();
+        expected.push(ctx(reference_all_reduce(&refs, &q), "reference")?);
+        inputs.push(upload(&comm, &data)?);
+    }
+    let calls = 300;
+    let mut outputs = Vec::with_capacity(calls);
+    for i in 0..calls {
+        let k = i % kinds.len();
+        outputs.push(poisoned::<bf16>(&comm, kinds[k].2)?);
+    }
+    ctx(comm.synchronize(), "uploads")?;
+    for (i, out) in outputs.iter_mut().enumerate() {
+        let (algorithm, quantization, _) = kinds[i % kinds.len()];
+        let opts = CallOptions { algorithm: Some(algorithm), quantization: Some(quantization), ..Default::default() };
+        ctx(comm.all_reduce_with(&inputs[i % kinds.len()], out, &opts), &format!("call {i}"))?;
+    }
+    ctx(comm.synchronize(), &format!("{calls} queued calls"))?;
+    let check = |outputs: &[Vec<cudarc::driver::CudaSlice<bf16>>], how: &str| -> TestResult {
+        for (i, out) in outputs.iter().enumerate() {
+            let (algorithm, quantization, len) = kinds[i % kinds.len()];
+            compare_bits(&download(&comm, out)?, &expected[i % kinds.len()], &format!("{how} call {i}: {algorithm:?} {} len {len}", quantization.label()))?;
+        }
+        Ok(())
+    };
+    check(&outputs, "eager")?;
+
+    // The same sequence captured, one graph per rank, and replayed twice.
+    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    use cudarc::driver::{DevicePtr, DevicePtrMut};
+    let mut graphs = Vec::with_capacity(world);
+    for r in 0..world {
+        let user = ctx(ctx(comm.context(r), "ctx")?.new_stream(), "new_stream")?;
+        let srcs: Vec<u64> = inputs.iter().map(|set| set[r].device_ptr(&user).0).collect();
+        let dsts: Vec<u64> = outputs.iter_mut().map(|out| out[r].device_ptr_mut(&user).0).collect();
+        ctx(user.synchronize(), "user stream")?;
+        ctx(user.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL), "begin capture")?;
+        let mut issued = Ok(());
+        for (i, &dst) in dsts.iter().enumerate() {
+            let (algorithm, quantization, len) = kinds[i % kinds.len()];
+            let opts = CallOptions { algorithm: Some(algorithm), quantization: Some(quantization), ..Default::default() };
+            // SAFETY: both buffers live on rank r's GPU with `len` elements
+            // and outlive every replay.
+            issued = unsafe { comm.all_reduce_raw(r, srcs[i % kinds.len()], dst, len, flashcomm::Dtype::Bf16, user.cu_stream(), &opts) };
+            if issued.is_err() {
+                break;
+            }
+        }
+        let graph = user.end_capture(CUgraphInstantiate_flags(0));
+        ctx(issued, &format!("capture rank {r}"))?;
+        let graph = ctx(graph, "end capture")?.ok_or_else(|| format!("rank {r}: capture produced no graph"))?;
+        graphs.push((user, graph));
+    }
+    for replay in 0..2 {
+        for (i, out) in outputs.iter_mut().enumerate() {
+            for (r, buf) in out.iter_mut().enumerate() {
+                ctx(ctx(comm.stream(r), "stream")?.memcpy_htod(&vec![bf16::from_bits(0xFFFF); kinds[i % kinds.len()].2], buf), "poison")?;
+            }
+        }
+        ctx(comm.synchronize(), "poison")?;
+        for (_, graph) in &graphs {
+            ctx(graph.launch(), &format!("replay {replay}"))?;
+        }
+        for (user, _) in &graphs {
+            ctx(user.synchronize(), &format!("replay {replay}"))?;
+        }
+        ctx(comm.synchronize(), &format!("replay {replay}"))?;
+        check(&outputs, &format!("graph replay {replay}"))?;
+    }
+    println!("allreduce::back_to_back_calls_no_host_sync: {calls} queued calls bit-identical on {devices:?}, eager and in 2 graph replays");
+    Ok(())
+}

@@ -37,9 +37,10 @@ const RAW_SHARD_UNIT: usize = 256;
 /// W = 2, 64 MiB at W = 8). Longer one-shot calls run in several launches;
 /// `Auto` picks the one-shot only far below this.
 const ONESHOT_MAX_ELEMS: usize = 2 << 20;
-/// Blocks of every one-shot launch, whatever its size: the kernel's slot
-/// reuse without an exit barrier needs block `b` to cover the same tiles in
-/// every call (kernel docs); capped by residency.
+/// Blocks of every one-shot launch, whatever its size and element type: the
+/// kernel's slot reuse without an exit barrier needs block `b` to cover the
+/// same tiles in every call (kernel docs); capped by the residency of both
+/// one-shot kernels (`Communicator::oneshot_grid`).
 const ONESHOT_GRID: u32 = 128;
 
 /// Per-call overrides of the communicator's [`Config`].
@@ -112,6 +113,8 @@ pub struct Communicator {
     /// its regions.
     oneshot_buffers: [u64; MAX_WORLD],
     oneshot_stride: usize,
+    /// The grid of every one-shot launch, bf16 and f16 alike.
+    oneshot_grid: u32,
     gpu_name: String,
     poisoned: Mutex<Option<String>>,
     #[cfg(feature = "nccl")]
@@ -296,6 +299,7 @@ impl Communicator {
             resident_blocks.insert(k, fewest);
         }
 
+        let oneshot_grid = [Dtype::Bf16, Dtype::F16].iter().fold(ONESHOT_GRID, |g, &d| g.min(resident_blocks[&Kernel::OneShot(d)]));
         let gpu_name = ranks[0].ctx.name()?;
         let thresholds = config.thresholds.unwrap_or_else(|| tuning::builtin(&gpu_name, world));
         #[cfg(feature = "nccl")]
@@ -311,6 +315,7 @@ impl Communicator {
             resident_blocks,
             oneshot_buffers,
             oneshot_stride,
+            oneshot_grid,
             gpu_name,
             poisoned: Mutex::new(None),
             #[cfg(feature = "nccl")]
@@ -729,7 +734,7 @@ impl Communicator {
                 _ => n.div_ceil(CHUNK).div_ceil(THREADS as usize),
             };
             let blocks = match plan {
-                Plan::OneShot => ONESHOT_GRID.min(resident),
+                Plan::OneShot => self.oneshot_grid,
                 _ => (tiles.max(1) as u32).min(resident),
             };
             // SAFETY: the context is bound; the kernel takes one CollectiveArgs;
@@ -781,9 +786,12 @@ impl Communicator {
 
     /// Makes the communicator usable again after a watchdog or mismatch
     /// error: waits for every rank's stream, then resets every rank's flags,
-    /// epochs and error word (no kernel runs then, so no peer can race the
-    /// reset).
+    /// tags, epochs and error word (no kernel runs then, so no peer can race
+    /// the reset; every rank's launch lock is held throughout, so no other
+    /// thread queues one meanwhile). Calls captured in CUDA graphs must not
+    /// be replayed concurrently.
     pub fn recover(&self) -> Result<()> {
+        let _no_launches: Vec<_> = self.ranks.iter().map(|r| r.launch.lock().unwrap()).collect();
         for r in &self.ranks {
             r.stream.synchronize()?;
         }

@@ -54,11 +54,15 @@
 //! buffer in rank order (local loads only). No exit barrier: call `e` uses
 //! slot `e & 1` (per-block epoch), and a peer may still be reading only the
 //! slot of its previous call. Why that holds: the host launches every
-//! one-shot with the same grid, so block `b` always covers the same tiles;
-//! my previous kernel completed, so each of its blocks passed a barrier that
-//! the same block of every peer signalled, so every peer's calls before its
-//! previous one are complete; if that previous call was a one-shot, block `b`
-//! took part in it (same grid) and used the other slot.
+//! one-shot, bf16 and f16 alike, with the same grid, so block `b` always
+//! covers the same tiles; my previous kernel completed, so each of its
+//! blocks passed a barrier that the same block of every peer signalled, so
+//! every peer's calls before its previous one are complete; if that
+//! previous call was a one-shot, block `b` took part in it (same grid) and
+//! used the other slot. (This needs each rank's calls in one order: eager
+//! calls and graph replays of a rank never run concurrently.) With one
+//! barrier per call a peer can signal my next epoch before this block reads
+//! the peer's tag, hence the tags by epoch parity (`barrier.rs`).
 use super::barrier::cross_rank_barrier;
 use super::chunk::{decode_chunk, encode_chunk, fetch_chunk, load_elements, load_words, pick, store_chunk, store_elements, sum_over_ranks, unpack_words, unroll, ChunkPos};
 use crate::abi::{sync_area, CollectiveArgs, Phase, ShardGeometry, Transport, THREADS, TILE_ELEMS};

@@ -6,10 +6,10 @@
 //! hazard H6; the two-shot kernel uses one epoch per piece):
 //! 1. [`signal_peers`]: `bar.sync` (the block's earlier writes are done),
 //!    then thread `t < world` signals peer `t`: at `Staged` it first stores
-//!    this call's tag into `tags[b][me]` of peer `t`, then `st.release.sys`
-//!    of `e` into `flags[k][b][me]` of peer `t`. Each slot has exactly one
-//!    writer (H1); phases have separate arrays (H3). The other warps go on
-//!    at once.
+//!    this call's tag into `tags[e & 1][b][me]` of peer `t`, then
+//!    `st.release.sys` of `e` into `flags[k][b][me]` of peer `t`. Each slot
+//!    has exactly one writer (H1); phases have separate arrays (H3). The
+//!    other warps go on at once.
 //! 2. [`wait_for_peers`]: thread `t < world` spins with `ld.relaxed.sys` on
 //!    its *local* slot `flags[k][b][t]` until it holds `e` or later (polling
 //!    only local memory, H12), then reads it once more with `ld.acquire.sys`
@@ -17,12 +17,13 @@
 //!    `bar.red.or`: the whole block learns whether any wait failed and
 //!    leaves together, so no thread is left in a divergent wait (H13).
 //!
-//! "Or later" (wrapping comparison): with the schedules of this crate a
-//! peer cannot signal `e + 1` of a phase before this block has passed `e`
-//! (it needs this block's signal of the other phase first), so equality
-//! would do; `>=` keeps the barrier correct for schedules whose signals run
-//! ahead of their waits (measured variants did), and costs nothing. Epochs
-//! only grow until `Communicator::recover` zeroes them.
+//! "Or later" (wrapping comparison): a peer may signal `e + 1` before this
+//! block has seen `e`: the one-shot crosses one barrier per call, so a peer
+//! that passed it can finish the call and signal the next one's `Staged`
+//! while this block still polls (the two-shot's alternating phases would
+//! allow equality). It cannot signal `e + 2`, which needs this block's
+//! signal of `e + 1`; hence two tag slots by epoch parity. Epochs only grow
+//! until `Communicator::recover` zeroes them.
 use super::chunk::pick;
 use crate::abi::{sync_area, CollectiveArgs, ErrorWord, Phase};
 use crate::intrinsics::mem::{ld_acquire_sys_u32, ld_relaxed_sys_u32, st_relaxed_sys_u32, st_release_sys_u32};
@@ -33,6 +34,12 @@ use crate::intrinsics::timer::global_timer_ns;
 #[inline(always)]
 fn flag_slot(phase: Phase, block: usize) -> usize {
     sync_area::FLAGS + phase as usize * sync_area::FLAGS_PER_PHASE + block * crate::abi::MAX_WORLD
+}
+
+/// Word offset of `tags[epoch & 1][block][0]` in a sync area.
+#[inline(always)]
+fn tag_slot(epoch: u32, block: usize) -> usize {
+    sync_area::TAGS + (epoch & 1) as usize * sync_area::TAGS_PER_PARITY + block * crate::abi::MAX_WORLD
 }
 
 /// Announce to every rank that this block reached `phase` at `epoch`, with
@@ -53,7 +60,7 @@ pub unsafe fn signal_peers(args: &CollectiveArgs, phase: Phase, block: usize, ep
         unsafe {
             let peer = pick(&args.sync, t) as *mut u32;
             if phase == Phase::Staged {
-                st_relaxed_sys_u32(peer.add(sync_area::TAGS + block * crate::abi::MAX_WORLD + me), args.tag);
+                st_relaxed_sys_u32(peer.add(tag_slot(epoch, block) + me), args.tag);
             }
             st_release_sys_u32(peer.add(flag_slot(phase, block) + me), epoch);
         }
@@ -99,10 +106,13 @@ pub unsafe fn wait_for_peers(args: &CollectiveArgs, phase: Phase, block: usize, 
             }
         }
         // The tag was stored before the flag's release, so after the acquire
-        // it is the peer's tag for this very call (a peer cannot reach the
-        // next call's entry before this block signals this call's last phase).
+        // it is the peer's tag for this epoch: the peer may already have
+        // signalled the next epoch (the one-shot has one barrier per call, so
+        // a peer can leave the call before this block reads), but that tag
+        // went to the other parity slot, and the one after needs this
+        // block's own next signal.
         // SAFETY: local tag slot of this rank.
-        if !failed && phase == Phase::Staged && unsafe { ld_relaxed_sys_u32(local.add(sync_area::TAGS + block * crate::abi::MAX_WORLD + t)) } != args.tag {
+        if !failed && phase == Phase::Staged && unsafe { ld_relaxed_sys_u32(local.add(tag_slot(epoch, block) + t)) } != args.tag {
             failed = true;
             let err = ErrorWord::new(ErrorWord::KIND_MISMATCH, phase as u32, t as u32, block as u32);
             // SAFETY: the error word of this rank's own sync area.
