@@ -30,7 +30,7 @@ fn main() {
         ("allreduce::raw_entry_point", 2, allreduce::raw_entry_point),
         ("allreduce::graph_replay_bit_exact", 1, allreduce::graph_replay_bit_exact),
         ("allreduce::back_to_back_calls_no_host_sync", 1, allreduce::back_to_back_calls_no_host_sync),
-        ("allreduce::real_activations_bit_exact", 4, allreduce::real_activations_bit_exact),
+        ("allreduce::real_activations_bit_exact", 1, allreduce::real_activations_bit_exact),
         ("allreduce::nccl_baseline_agrees", 2, allreduce::nccl_baseline_agrees),
         ("allreduce::auto_nccl_fallback", 2, allreduce::auto_nccl_fallback),
         ("failure::watchdog_missing_rank", 2, failure::watchdog_missing_rank),
