@@ -291,28 +291,26 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Times one contender at one size; returns per-call times in microseconds.
-fn time_calls(
+/// Queues one call of `contender` on every rank.
+fn issue(
     comm: &Communicator,
     nccl: Option<&crate::nccl::NcclBaseline>,
     contender: Contender,
-    sets: &Sets,
+    opts: &CallOptions,
+    set: &[CudaSlice<bf16>],
     outputs: &mut [CudaSlice<bf16>],
-    warmup: usize,
-    iters: usize,
-) -> crate::Result<Vec<f64>> {
-    let world = comm.world_size();
-    let opts = contender.options();
-    let call = |set: &[CudaSlice<bf16>], outputs: &mut [CudaSlice<bf16>]| -> crate::Result<()> {
-        match contender {
-            Contender::Nccl => nccl.expect("NCCL contender without NCCL").all_reduce(set, outputs),
-            _ => comm.all_reduce_with(set, outputs, &opts),
-        }
-    };
-    for i in 0..warmup {
-        call(&sets.inputs[i % sets.inputs.len()], outputs)?;
+) -> crate::Result<()> {
+    match contender {
+        Contender::Nccl => nccl.expect("NCCL contender without NCCL").all_reduce(set, outputs),
+        _ => comm.all_reduce_with(set, outputs, opts),
     }
-    comm.synchronize()?;
+}
+
+/// Runs `sample(i)` for `i` in `0..iters`, each bracketed by CUDA events on
+/// every rank's stream; returns each sample's longest rank interval, in
+/// microseconds.
+fn time_samples(comm: &Communicator, iters: usize, mut sample: impl FnMut(usize) -> crate::Result<()>) -> crate::Result<Vec<f64>> {
+    let world = comm.world_size();
     let mut events: Vec<Vec<(CudaEvent, CudaEvent)>> = Vec::with_capacity(iters);
     for i in 0..iters {
         let mut pair = Vec::with_capacity(world);
@@ -323,7 +321,7 @@ fn time_calls(
         for (r, (start, _)) in pair.iter().enumerate() {
             start.record(comm.stream(r)?)?;
         }
-        call(&sets.inputs[i % sets.inputs.len()], outputs)?;
+        sample(i)?;
         for (r, (_, end)) in pair.iter().enumerate() {
             end.record(comm.stream(r)?)?;
         }
@@ -339,6 +337,24 @@ fn time_calls(
         times.push(longest);
     }
     Ok(times)
+}
+
+/// Times one contender at one size; returns per-call times in microseconds.
+fn time_calls(
+    comm: &Communicator,
+    nccl: Option<&crate::nccl::NcclBaseline>,
+    contender: Contender,
+    sets: &Sets,
+    outputs: &mut [CudaSlice<bf16>],
+    warmup: usize,
+    iters: usize,
+) -> crate::Result<Vec<f64>> {
+    let opts = contender.options();
+    for i in 0..warmup {
+        issue(comm, nccl, contender, &opts, &sets.inputs[i % sets.inputs.len()], outputs)?;
+    }
+    comm.synchronize()?;
+    time_samples(comm, iters, |i| issue(comm, nccl, contender, &opts, &sets.inputs[i % sets.inputs.len()], outputs))
 }
 
 /// Times one contender at one size under CUDA-graph replay (module docs):
@@ -365,58 +381,21 @@ fn time_graph_replays(
     for r in 0..world {
         comm.stream(r)?.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)?;
     }
-    let mut issued = Ok(());
-    for i in 0..calls {
-        let set = &sets.inputs[i % sets.inputs.len()];
-        issued = match contender {
-            Contender::Nccl => nccl.expect("NCCL contender without NCCL").all_reduce(set, outputs),
-            _ => comm.all_reduce_with(set, outputs, &opts),
-        };
-        if issued.is_err() {
-            break;
-        }
-    }
+    let issued = (0..calls).try_for_each(|i| issue(comm, nccl, contender, &opts, &sets.inputs[i % sets.inputs.len()], outputs));
     // Every capture is ended, also after a failed call.
     let graphs: Vec<_> = (0..world).map(|r| Ok(comm.stream(r)?.end_capture(CUgraphInstantiate_flags(0))?)).collect::<crate::Result<_>>()?;
     issued?;
     let graphs: Vec<_> = graphs.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| crate::Error::InvalidConfig("stream capture produced no graph".into()))?;
+    let replay = || graphs.iter().try_for_each(|g| g.launch());
     for g in &graphs {
         g.upload()?;
     }
     for _ in 0..warmup.div_ceil(calls).max(1) {
-        for g in &graphs {
-            g.launch()?;
-        }
+        replay()?;
     }
     comm.synchronize()?;
-    let mut events = Vec::with_capacity(iters);
-    for _ in 0..iters {
-        let mut pair = Vec::with_capacity(world);
-        for r in 0..world {
-            let ctx = comm.context(r)?;
-            pair.push((ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?, ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?));
-        }
-        for (r, (start, _)) in pair.iter().enumerate() {
-            start.record(comm.stream(r)?)?;
-        }
-        for g in &graphs {
-            g.launch()?;
-        }
-        for (r, (_, end)) in pair.iter().enumerate() {
-            end.record(comm.stream(r)?)?;
-        }
-        events.push(pair);
-    }
-    comm.synchronize()?;
-    let mut times = Vec::with_capacity(iters);
-    for pair in &events {
-        let mut longest = 0.0f64;
-        for (start, end) in pair {
-            longest = longest.max(start.elapsed_ms(end)? as f64 * 1000.0);
-        }
-        times.push(longest / calls as f64);
-    }
-    Ok((times, (calls - 1) % sets.inputs.len()))
+    let times = time_samples(comm, iters, |_| Ok(replay()?))?;
+    Ok((times.into_iter().map(|t| t / calls as f64).collect(), (calls - 1) % sets.inputs.len()))
 }
 
 /// Error of rank 0's output (prefix) against the exact sum of the set used last.

@@ -376,7 +376,6 @@ pub fn nccl_baseline_agrees() -> TestResult {
 /// device memory and take fixed pointers, so a replay is a new call to them.
 /// Four ranks on the GPUs there are (sharing GPUs where fewer than four).
 pub fn graph_replay_bit_exact() -> TestResult {
-    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
     use cudarc::driver::{DevicePtr, DevicePtrMut};
     let gpus = flashcomm::gpu_count();
     let world = 4;
@@ -397,24 +396,15 @@ pub fn graph_replay_bit_exact() -> TestResult {
         let mut d_in = upload(&comm, &make_inputs::<bf16>(&mut rng, DataKind::Activations, world, len))?;
         let mut d_out = poisoned::<bf16>(&comm, len)?;
         ctx(comm.synchronize(), &what)?;
-        let mut graphs = Vec::with_capacity(world);
-        for r in 0..world {
-            let user = ctx(ctx(comm.context(r), "ctx")?.new_stream(), "new_stream")?;
-            let (src, dst) = {
-                let (src, _g1) = d_in[r].device_ptr(&user);
-                let (dst, _g2) = d_out[r].device_ptr_mut(&user);
-                (src, dst)
-            };
-            ctx(user.synchronize(), "user stream")?;
-            ctx(user.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL), "begin capture")?;
-            // SAFETY: both buffers live on rank r's GPU with `len` elements
-            // and outlive every replay (dropped after the loop below).
-            let call = unsafe { comm.all_reduce_raw(r, src, dst, len, flashcomm::Dtype::Bf16, user.cu_stream(), &opts) };
-            let graph = user.end_capture(CUgraphInstantiate_flags(0));
-            ctx(call, &format!("{what}: capture rank {r}"))?;
-            let graph = ctx(graph, "end capture")?.ok_or_else(|| format!("{what}: rank {r}: capture produced no graph"))?;
-            graphs.push((user, graph));
-        }
+        let ptrs: Vec<(u64, u64)> = (0..world)
+            .map(|r| {
+                let stream = ctx(comm.stream(r), "stream")?;
+                Ok((d_in[r].device_ptr(stream).0, d_out[r].device_ptr_mut(stream).0))
+            })
+            .collect::<Result<_, libtest_mimic::Failed>>()?;
+        // SAFETY: both buffers live on rank r's GPU with `len` elements and
+        // outlive every replay (dropped after the loop below).
+        let graphs = capture_per_rank(&comm, |r, stream| unsafe { comm.all_reduce_raw(r, ptrs[r].0, ptrs[r].1, len, flashcomm::Dtype::Bf16, stream.cu_stream(), &opts) }, &what)?;
         for replay in 0..3 {
             let inputs = make_inputs::<bf16>(&mut rng, DataKind::Activations, world, len);
             for r in 0..world {
@@ -423,13 +413,7 @@ pub fn graph_replay_bit_exact() -> TestResult {
                 ctx(stream.memcpy_htod(&vec![bf16::from_bits(0xFFFF); len], &mut d_out[r]), "poison")?;
                 ctx(stream.synchronize(), "upload")?;
             }
-            for (_, graph) in &graphs {
-                ctx(graph.launch(), &format!("{what}: replay {replay}"))?;
-            }
-            for (user, _) in &graphs {
-                ctx(user.synchronize(), &format!("{what}: replay {replay}"))?;
-            }
-            ctx(comm.synchronize(), &format!("{what}: replay {replay}"))?;
+            replay_all(&comm, &graphs, &format!("{what}: replay {replay}"))?;
             let refs: Vec<&[bf16]> = inputs.iter().map(|v| v.as_slice()).collect();
             let expected = ctx(reference_all_reduce(&refs, &quantization), "reference")?;
             compare_bits(&download(&comm, &d_out)?, &expected, &format!("{what}: replay {replay}"))?;
@@ -493,31 +477,27 @@ pub fn back_to_back_calls_no_host_sync() -> TestResult {
     check(&outputs, "eager")?;
 
     // The same sequence captured, one graph per rank, and replayed twice.
-    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
     use cudarc::driver::{DevicePtr, DevicePtrMut};
-    let mut graphs = Vec::with_capacity(world);
+    let mut srcs = Vec::with_capacity(world);
+    let mut dsts = Vec::with_capacity(world);
     for r in 0..world {
-        let user = ctx(ctx(comm.context(r), "ctx")?.new_stream(), "new_stream")?;
-        let srcs: Vec<u64> = inputs.iter().map(|set| set[r].device_ptr(&user).0).collect();
-        let dsts: Vec<u64> = outputs.iter_mut().map(|out| out[r].device_ptr_mut(&user).0).collect();
-        ctx(user.synchronize(), "user stream")?;
-        ctx(user.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL), "begin capture")?;
-        let mut issued = Ok(());
-        for (i, &dst) in dsts.iter().enumerate() {
-            let (algorithm, quantization, len) = kinds[i % kinds.len()];
-            let opts = CallOptions { algorithm: Some(algorithm), quantization: Some(quantization), ..Default::default() };
-            // SAFETY: both buffers live on rank r's GPU with `len` elements
-            // and outlive every replay.
-            issued = unsafe { comm.all_reduce_raw(r, srcs[i % kinds.len()], dst, len, flashcomm::Dtype::Bf16, user.cu_stream(), &opts) };
-            if issued.is_err() {
-                break;
-            }
-        }
-        let graph = user.end_capture(CUgraphInstantiate_flags(0));
-        ctx(issued, &format!("capture rank {r}"))?;
-        let graph = ctx(graph, "end capture")?.ok_or_else(|| format!("rank {r}: capture produced no graph"))?;
-        graphs.push((user, graph));
+        let stream = ctx(comm.stream(r), "stream")?;
+        srcs.push(inputs.iter().map(|set| set[r].device_ptr(stream).0).collect::<Vec<u64>>());
+        dsts.push(outputs.iter_mut().map(|out| out[r].device_ptr_mut(stream).0).collect::<Vec<u64>>());
     }
+    let graphs = capture_per_rank(
+        &comm,
+        |r, stream| {
+            dsts[r].iter().enumerate().try_for_each(|(i, &dst)| {
+                let (algorithm, quantization, len) = kinds[i % kinds.len()];
+                let opts = CallOptions { algorithm: Some(algorithm), quantization: Some(quantization), ..Default::default() };
+                // SAFETY: both buffers live on rank r's GPU with `len`
+                // elements and outlive every replay.
+                unsafe { comm.all_reduce_raw(r, srcs[r][i % kinds.len()], dst, len, flashcomm::Dtype::Bf16, stream.cu_stream(), &opts) }
+            })
+        },
+        "back-to-back",
+    )?;
     for replay in 0..2 {
         for (i, out) in outputs.iter_mut().enumerate() {
             for (r, buf) in out.iter_mut().enumerate() {
@@ -525,13 +505,7 @@ pub fn back_to_back_calls_no_host_sync() -> TestResult {
             }
         }
         ctx(comm.synchronize(), "poison")?;
-        for (_, graph) in &graphs {
-            ctx(graph.launch(), &format!("replay {replay}"))?;
-        }
-        for (user, _) in &graphs {
-            ctx(user.synchronize(), &format!("replay {replay}"))?;
-        }
-        ctx(comm.synchronize(), &format!("replay {replay}"))?;
+        replay_all(&comm, &graphs, &format!("replay {replay}"))?;
         check(&outputs, &format!("graph replay {replay}"))?;
     }
     println!("allreduce::back_to_back_calls_no_host_sync: {calls} queued calls bit-identical on {devices:?}, eager and in 2 graph replays");

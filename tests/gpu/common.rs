@@ -1,8 +1,9 @@
-//! Shared helpers of the GPU suite: data, transfers, comparisons.
+//! Shared helpers of the GPU suite: data, transfers, comparisons, CUDA graphs.
 use flashcomm::synth::Rng;
 use flashcomm::{Communicator, HostElement};
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaGraph, CudaSlice, CudaStream};
 use libtest_mimic::Failed;
+use std::sync::Arc;
 
 /// The default configuration without the NCCL fallback: every result must
 /// equal the CPU reference bit for bit.
@@ -128,6 +129,41 @@ pub fn compare_bits<T: HostElement>(outputs: &[Vec<T>], expected: &[T], what: &s
         }
     }
     Ok(())
+}
+
+/// One CUDA graph per rank: what `issue(rank, stream)` queues on a new
+/// stream of that rank, captured. Each capture is ended, also when `issue`
+/// fails. Pointers for the calls are best taken beforehand (on the
+/// communicator's streams), as cudarc records events when handing them out.
+pub fn capture_per_rank(
+    comm: &Communicator,
+    mut issue: impl FnMut(usize, &CudaStream) -> flashcomm::Result<()>,
+    what: &str,
+) -> Result<Vec<(Arc<CudaStream>, CudaGraph)>, Failed> {
+    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    let mut graphs = Vec::with_capacity(comm.world_size());
+    for r in 0..comm.world_size() {
+        let stream = ctx(ctx(comm.context(r), "ctx")?.new_stream(), "new_stream")?;
+        ctx(stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL), "begin capture")?;
+        let issued = issue(r, &stream);
+        let graph = stream.end_capture(CUgraphInstantiate_flags(0));
+        ctx(issued, &format!("{what}: capture rank {r}"))?;
+        let graph = ctx(graph, "end capture")?.ok_or_else(|| format!("{what}: rank {r}: capture produced no graph"))?;
+        graphs.push((stream, graph));
+    }
+    Ok(graphs)
+}
+
+/// Replays every rank's graph once and waits for all of them, reporting
+/// the communicator's errors.
+pub fn replay_all(comm: &Communicator, graphs: &[(Arc<CudaStream>, CudaGraph)], what: &str) -> TestResult {
+    for (_, graph) in graphs {
+        ctx(graph.launch(), what)?;
+    }
+    for (stream, _) in graphs {
+        ctx(stream.synchronize(), what)?;
+    }
+    ctx(comm.synchronize(), what)
 }
 
 /// The real-activation fixture (row-parallel partial sums of SmolLM2-135M).
