@@ -276,15 +276,12 @@ pub fn raw_entry_point() -> TestResult {
 /// the GPU, bit for bit.
 pub fn real_activations_bit_exact() -> TestResult {
     let tensors = ctx(crate::common::fixture::load(), "load the fixture")?;
-    let gpus = flashcomm::gpu_count();
     let mut checked = 0;
     let mut placements = Vec::new();
     for t in &tensors {
-        // One rank per GPU where there are enough, else ranks share GPUs
-        // (the kernels' numerics on real tensors; the links are then not all involved).
-        let devices: Vec<usize> = (0..t.world).map(|r| r % gpus.clamp(1, t.world)).collect();
-        let config = Config { shared_devices: gpus < t.world, ..exact_config() };
-        let sub = ctx(Communicator::new(&devices, config, &KERNELS), &format!("create a communicator on {devices:?}"))?;
+        // Ranks share GPUs where there are fewer than t.world (the kernels'
+        // numerics on real tensors; the links are then not all involved).
+        let (sub, devices) = communicator_on_gpus_there_are(t.world, exact_config())?;
         placements.push(format!("{} on {devices:?}", t.name));
         let mut settings = vec![Quantization::None];
         for &g in &GROUP_SIZES {
@@ -377,12 +374,9 @@ pub fn nccl_baseline_agrees() -> TestResult {
 /// Four ranks on the GPUs there are (sharing GPUs where fewer than four).
 pub fn graph_replay_bit_exact() -> TestResult {
     use cudarc::driver::{DevicePtr, DevicePtrMut};
-    let gpus = flashcomm::gpu_count();
     let world = 4;
-    let devices: Vec<usize> = (0..world).map(|r| r % gpus.clamp(1, world)).collect();
     // Small staging: the multi-piece schedule replays too.
-    let config = Config { shared_devices: gpus < world, max_piece_elems: 1 << 18, ..exact_config() };
-    let comm = ctx(Communicator::new(&devices, config, &KERNELS), &format!("create a communicator on {devices:?}"))?;
+    let (comm, devices) = communicator_on_gpus_there_are(world, Config { max_piece_elems: 1 << 18, ..exact_config() })?;
     let mut rng = Rng::new(seed("allreduce::graph_replay_bit_exact"));
     let cases = [
         (Algorithm::OneShot, Quantization::None, 3000usize),
@@ -435,11 +429,8 @@ pub fn graph_replay_bit_exact() -> TestResult {
 /// did not reproduce it with the kernels before that fix). Four ranks on
 /// the GPUs there are (sharing where fewer).
 pub fn back_to_back_calls_no_host_sync() -> TestResult {
-    let gpus = flashcomm::gpu_count();
     let world = 4;
-    let devices: Vec<usize> = (0..world).map(|r| r % gpus.clamp(1, world)).collect();
-    let config = Config { shared_devices: gpus < world, ..exact_config() };
-    let comm = ctx(Communicator::new(&devices, config, &KERNELS), &format!("create a communicator on {devices:?}"))?;
+    let (comm, devices) = communicator_on_gpus_there_are(world, exact_config())?;
     let mut rng = Rng::new(seed("allreduce::back_to_back_calls_no_host_sync"));
     let kinds = [
         (Algorithm::OneShot, Quantization::None, 3000usize),

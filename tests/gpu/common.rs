@@ -131,6 +131,17 @@ pub fn compare_bits<T: HostElement>(outputs: &[Vec<T>], expected: &[T], what: &s
     Ok(())
 }
 
+/// A communicator of `world` ranks on the GPUs there are: one rank per GPU
+/// where there are enough, else ranks spread round-robin and share GPUs
+/// (`Config::shared_devices`). Returns it with its device list.
+pub fn communicator_on_gpus_there_are(world: usize, config: flashcomm::Config) -> Result<(Communicator, Vec<usize>), Failed> {
+    let gpus = flashcomm::gpu_count();
+    let devices: Vec<usize> = (0..world).map(|r| r % gpus.clamp(1, world)).collect();
+    let config = flashcomm::Config { shared_devices: gpus < world, ..config };
+    let comm = ctx(Communicator::new(&devices, config, &flashcomm::KERNELS), &format!("create a communicator on {devices:?}"))?;
+    Ok((comm, devices))
+}
+
 /// One CUDA graph per rank: what `issue(rank, stream)` queues on a new
 /// stream of that rank, captured. Each capture is ended, also when `issue`
 /// fails. Pointers for the calls are best taken beforehand (on the
