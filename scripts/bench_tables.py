@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Markdown tables for docs/benchmarks.md from the bench JSON (no hand copying).
-  python3 scripts/bench_tables.py docs/bench/run-2026-11-28-confirm/allreduce.json [torch_baseline.json]"""
+  python3 scripts/bench_tables.py docs/results/w2/allreduce.json [torch_baseline.json]"""
 import json, sys
 
 def human(b):
@@ -8,7 +8,7 @@ def human(b):
 
 d = json.load(open(sys.argv[1]))
 rows = d["rows"]
-cols = ["nccl", "oneshot", "twoshot", "flash-int8-g128", "flash-int4/8-g128", "flash-int4-g128", "auto", "auto(int8-g128)"]
+cols = ["nccl", "oneshot", "twoshot", "flash-int8-g128", "flash-int4-int8-g128", "flash-int4-g128", "auto", "auto(int8-g128)"]
 print(f"Run: {d['date']}, {d['gpu']}, `{d['command']}`. Method: {d['method']}.\n")
 for w in sorted({r["world"] for r in rows}):
     print(f"#### W = {w}: median us per call (speedup vs NCCL in the same run)\n")

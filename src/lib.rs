@@ -15,7 +15,7 @@
 //! use half::bf16;
 //!
 //! # fn main() -> flashcomm::Result<()> {
-//! let config = Config { quantization: Quantization::INT8, ..Config::default() };
+//! let config = Config { quantization: Quantization::INT8, ..Config::default() }; // allow INT8
 //! let comm = Communicator::new(&[0, 1, 2, 3], config, &KERNELS)?;
 //! let mut bufs = (0..comm.world_size())
 //!     .map(|r| comm.stream(r)?.clone_htod(&vec![bf16::from_f32(r as f32); 4096]).map_err(Into::into))
@@ -27,11 +27,8 @@
 //! ```
 pub use flashcomm_host::*;
 
-/// The device crate (codec, launch ABI) as the kernels see it.
+/// The device crate (codec, launch ABI, entry-point table), shared with the kernels.
 pub use flashcomm_kernels as device;
 
 /// The PTX of every flashcomm kernel, built from `kernels-gpu` by `build.rs`.
 pub static KERNELS: KernelImage = KernelImage { ptx: include_str!(concat!(env!("OUT_DIR"), "/flashcomm_kernels.ptx")) };
-
-#[cfg(feature = "cli")]
-pub mod bench;

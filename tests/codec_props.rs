@@ -1,8 +1,8 @@
 //! Property tests of the shared codec (CPU): conversions, round-trip error
 //! bound, edge cases, the non-finite rule, and packing.
-use flashcomm::device::codec::{float, levels, Bf16, Element, Encoder, GroupParams, PackedChunk, F16, CHUNK, GROUP_SIZES};
+use flashcomm::device::codec::{float, levels, Bf16, Element, Encoder, GroupParams, PackedChunk, Wire, F16, CHUNK};
 use flashcomm::reference::{dequantize_blob, group_params, quantize_blob, round_trip_group};
-use flashcomm::Bits;
+use flashcomm::{Bits, GroupSize};
 use half::{bf16, f16};
 use proptest::prelude::*;
 
@@ -62,6 +62,27 @@ proptest! {
     }
 }
 
+/// A constant group of a finite bf16 value. Rounding a finite f32 to bf16
+/// can give +-inf (from 3.3961e38 up), so the filter comes after it.
+fn constant_group() -> impl Strategy<Value = Vec<f32>> {
+    (1usize..=256, any::<f32>().prop_map(|c| bf16::from_f32(c).to_f32()).prop_filter("finite bf16", |x| x.is_finite()))
+        .prop_map(|(n, c)| vec![c; n])
+}
+
+/// The strategy behind `round_trip_within_half_a_step`'s constant groups
+/// never yields a non-finite value (it once did, about once in 60,000
+/// draws: a flaky test). Deterministic: a fixed-seed runner, many draws.
+#[test]
+fn constant_groups_are_finite() {
+    use proptest::strategy::ValueTree;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = constant_group();
+    for draw in 0..1_000_000 {
+        let group = strategy.new_tree(&mut runner).unwrap().current();
+        assert!(group[0].is_finite(), "draw {draw}: constant group of {}", group[0]);
+    }
+}
+
 /// Groups of f32 values drawn from the distributions the issue lists.
 fn group_values() -> impl Strategy<Value = Vec<f32>> {
     let len = 1usize..=256;
@@ -71,9 +92,7 @@ fn group_values() -> impl Strategy<Value = Vec<f32>> {
             let scale = 2f32.powi(e);
             proptest::collection::vec(-1.0f32..1.0, n).prop_map(move |v| v.iter().map(|x| (x + off) * scale).collect())
         }),
-        // Constant group.
-        (len.clone(), any::<f32>().prop_filter("finite", |x| x.is_finite()))
-            .prop_map(|(n, c)| vec![bf16::from_f32(c).to_f32(); n]),
+        constant_group(),
         // Signed zeros.
         (len.clone(), proptest::collection::vec(any::<bool>(), 256))
             .prop_map(|(n, s)| (0..n).map(|i| if s[i] { -0.0 } else { 0.0 }).collect()),
@@ -94,7 +113,7 @@ fn group_values() -> impl Strategy<Value = Vec<f32>> {
 }
 
 fn bits_strategy() -> impl Strategy<Value = Bits> {
-    prop_oneof![Just(Bits::B4), Just(Bits::B6), Just(Bits::B8)]
+    proptest::sample::select(Bits::ALL)
 }
 
 proptest! {
@@ -123,14 +142,14 @@ proptest! {
     /// Codes round-trip through every packing; packing is a bijection on its domain.
     #[test]
     fn pack_unpack_is_a_bijection(codes in proptest::collection::vec(any::<u32>(), CHUNK), words in any::<[u32; 5]>(), bits in bits_strategy()) {
-        let b = bits.bits();
+        let (b, w) = (bits.bits(), Wire::Quantized(bits));
         let mut c = [0u32; CHUNK];
         for (d, s) in c.iter_mut().zip(&codes) { *d = s & levels(b); }
-        prop_assert_eq!(PackedChunk::pack(&c, b).unpack(b), c);
+        prop_assert_eq!(PackedChunk::pack(&c, w).unpack(w), c);
         let mut p = PackedChunk { primary: [words[0], words[1], words[2], words[3]], secondary: words[4] };
         if b != 8 { p.primary[2] = 0; p.primary[3] = 0; }
         if b != 6 { p.secondary = 0; }
-        prop_assert_eq!(PackedChunk::pack(&p.unpack(b), b), p);
+        prop_assert_eq!(PackedChunk::pack(&p.unpack(w), w), p);
     }
 
     /// `keep_first(valid)` after packing all 16 codes (what the kernels do
@@ -138,27 +157,28 @@ proptest! {
     /// `valid` codes and zeros after them (what the layout specifies).
     #[test]
     fn keep_first_equals_packing_zeros_past_valid(codes in proptest::collection::vec(any::<u32>(), CHUNK), valid in 0usize..=CHUNK, bits in bits_strategy()) {
-        let b = bits.bits();
+        let (b, w) = (bits.bits(), Wire::Quantized(bits));
         let mut all = [0u32; CHUNK];
         let mut first = [0u32; CHUNK];
         for (i, s) in codes.iter().enumerate() {
             all[i] = s & levels(b);
             if i < valid { first[i] = all[i]; }
         }
-        let mut p = PackedChunk::pack(&all, b);
-        p.keep_first(valid, b);
-        prop_assert_eq!(p, PackedChunk::pack(&first, b));
+        let mut p = PackedChunk::pack(&all, w);
+        p.keep_first(valid, w);
+        prop_assert_eq!(p, PackedChunk::pack(&first, w));
     }
 
     /// The blob codec (what the GPU kernels write) decodes to exactly the
     /// per-group round trip, for every width, group size and length.
     #[test]
     fn blob_round_trip_equals_group_round_trip(seed in any::<u64>(), len in 1usize..2000, g in 0usize..4, bits in bits_strategy()) {
-        let group_size = GROUP_SIZES[g] as usize;
+        let group = GroupSize::ALL[g];
+        let group_size = group.get();
         let mut rng = flashcomm::synth::Rng::new(seed);
         let input: Vec<bf16> = (0..len).map(|_| bf16::from_f64(rng.normal() * 3.0)).collect();
-        let blob = quantize_blob(&input, bits, group_size).unwrap();
-        let out: Vec<bf16> = dequantize_blob(&blob, len, bits, group_size).unwrap();
+        let blob = quantize_blob(&input, bits, group);
+        let out: Vec<bf16> = dequantize_blob(&blob, len, bits, group).unwrap();
         for (k, chunk) in input.chunks(group_size).enumerate() {
             let mut v: Vec<f32> = chunk.iter().map(|x| x.to_f32()).collect();
             round_trip_group(&mut v, bits);
@@ -171,7 +191,7 @@ proptest! {
 
 #[test]
 fn constant_group_decodes_exactly() {
-    for bits in Bits::ALL {
+    for &bits in Bits::ALL {
         for c in [0.0f32, -0.0, 1.5, -3.25e-5, 65504.0, 3.3895314e38, -3.3895314e38, 1e-40] {
             let mut v = vec![c; 77];
             round_trip_group(&mut v, bits);
@@ -182,13 +202,13 @@ fn constant_group_decodes_exactly() {
 
 #[test]
 fn non_finite_values_poison_only_their_group() {
-    let group_size = 64;
+    let group_size = GroupSize::G64;
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-        for bits in Bits::ALL {
+        for &bits in Bits::ALL {
             let mut input: Vec<bf16> = (0..256).map(|i| bf16::from_f32((i as f32 * 0.37).sin())).collect();
-            let clean: Vec<bf16> = dequantize_blob(&quantize_blob(&input, bits, group_size).unwrap(), 256, bits, group_size).unwrap();
+            let clean: Vec<bf16> = dequantize_blob(&quantize_blob(&input, bits, group_size), 256, bits, group_size).unwrap();
             input[70] = bf16::from_f32(bad);
-            let out: Vec<bf16> = dequantize_blob(&quantize_blob(&input, bits, group_size).unwrap(), 256, bits, group_size).unwrap();
+            let out: Vec<bf16> = dequantize_blob(&quantize_blob(&input, bits, group_size), 256, bits, group_size).unwrap();
             for i in 0..256 {
                 if (64..128).contains(&i) {
                     assert_eq!(out[i].to_bits(), 0x7FC0, "element {i} of the poisoned group must be the canonical NaN");
@@ -203,7 +223,7 @@ fn non_finite_values_poison_only_their_group() {
 #[test]
 fn extreme_bf16_group_does_not_overflow() {
     let values = [3.3895314e38f32, -3.3895314e38, 1.0, -2.5e38];
-    for bits in Bits::ALL {
+    for &bits in Bits::ALL {
         let p = group_params(&values, bits);
         assert!(p.center.is_finite() && p.half_step.is_finite() && p.half_step > 0.0, "{p:?}");
         let mut v = values.to_vec();

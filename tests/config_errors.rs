@@ -1,14 +1,16 @@
 //! Configuration parsing and the errors raised before any GPU is touched.
-use flashcomm::{Algorithm, Bits, Communicator, Config, Error, Quantization, KERNELS};
+use flashcomm::{Algorithm, Bits, Communicator, Config, Error, GroupSize, Quantization, Quantized, KERNELS};
+use std::time::Duration;
 
 #[test]
 fn quantization_parses() {
     assert_eq!(Quantization::parse("int8").unwrap(), Quantization::INT8);
-    assert_eq!(Quantization::parse("int6").unwrap(), Quantization::INT6);
-    assert_eq!(Quantization::parse("INT4-g32").unwrap(), Quantization::Int { rs_bits: Bits::B4, ag_bits: Bits::B4, group_size: 32 });
-    assert_eq!(Quantization::parse("q6q4-g256").unwrap(), Quantization::Int { rs_bits: Bits::B6, ag_bits: Bits::B4, group_size: 256 });
+    assert_eq!(Quantization::parse("int4-int8").unwrap(), Quantization::INT4_INT8);
+    assert_eq!(Quantization::INT4_INT8.label(), "int4-int8-g128");
+    assert_eq!(Quantization::parse("INT4-g32").unwrap(), Quantization::Int(Quantized { rs_bits: Bits::B4, ag_bits: Bits::B4, group_size: GroupSize::G32 }));
+    assert_eq!(Quantization::parse("int6-int4-g256").unwrap(), Quantization::Int(Quantized { rs_bits: Bits::B6, ag_bits: Bits::B4, group_size: GroupSize::G256 }));
     assert_eq!(Quantization::parse("none").unwrap(), Quantization::None);
-    for bad in ["int5", "q8", "int8-g100", "int8-gx", "fp8"] {
+    for bad in ["int5", "q8", "q4q8", "int8-g100", "int8-gx", "fp8", "int4-8", "int4-int8-int8", "", "off"] {
         assert!(matches!(Quantization::parse(bad), Err(Error::InvalidConfig(_))), "{bad}");
     }
     assert_eq!(Algorithm::parse("TwoShot").unwrap(), Algorithm::TwoShot);
@@ -21,7 +23,9 @@ fn invalid_configs_are_rejected() {
     assert!(matches!(c.validate(), Err(Error::InvalidConfig(_))));
     let c = Config { max_piece_elems: 100, ..Config::default() };
     assert!(matches!(c.validate(), Err(Error::InvalidConfig(_))));
-    let c = Config { quantization: Quantization::Int { rs_bits: Bits::B8, ag_bits: Bits::B8, group_size: 512 }, ..Config::default() };
+    assert!(matches!(Quantization::int(Bits::B8, Bits::B8, 512), Err(Error::InvalidConfig(_))));
+    assert!(matches!(Quantization::int(Bits::B8, Bits::B8, 96), Err(Error::InvalidConfig(_))));
+    let c = Config { algorithm: Algorithm::Flash, ..Config::default() };
     assert!(matches!(Communicator::new(&[0, 1], c, &KERNELS), Err(Error::InvalidConfig(_))));
 }
 
@@ -43,5 +47,45 @@ fn no_gpu_is_a_typed_error_not_a_panic() {
         // A repeated device passes the list check when sharing is allowed.
         let err = Communicator::new(&[0, 0], Config { shared_devices: true, ..Config::default() }, &KERNELS).unwrap_err();
         assert!(matches!(err, Error::NoGpu(_)), "{err}");
+    }
+}
+
+/// Every size and duration from config is bounded before any allocation
+/// (a huge staging piece used to overflow the staging size to 0 in release
+/// builds; `Some(0)` used to mean "wait forever").
+#[test]
+fn sizes_and_durations_are_bounded() {
+    let bad = [
+        Config { max_piece_elems: usize::MAX, ..Config::default() },
+        Config { max_piece_elems: usize::MAX / 2 + 1, ..Config::default() },
+        Config { max_piece_elems: flashcomm::config::MAX_PIECE_ELEMS + 1, ..Config::default() },
+        Config { max_piece_elems: flashcomm::config::MIN_PIECE_ELEMS - 1, ..Config::default() },
+        Config { timeout: Some(Duration::ZERO), ..Config::default() },
+        Config { timeout: Some(Duration::from_secs(u64::MAX)), ..Config::default() },
+    ];
+    for c in bad {
+        assert!(matches!(c.validate(), Err(Error::InvalidConfig(_))), "{c:?} passed validation");
+        assert!(matches!(Communicator::new(&[0, 1], c.clone(), &KERNELS), Err(Error::InvalidConfig(_))), "{c:?} reached creation");
+    }
+    for ok in [flashcomm::config::MIN_PIECE_ELEMS, flashcomm::config::MAX_PIECE_ELEMS] {
+        Config { max_piece_elems: ok, timeout: None, ..Config::default() }.validate().unwrap();
+    }
+}
+
+/// Environment overrides are parsed and validated like the config.
+#[test]
+fn environment_overrides_are_validated() {
+    // One test owns these variables (tests of this file run in threads).
+    std::env::set_var("FLASHCOMM_MAX_PIECE_ELEMS", "18446744073709551615");
+    assert!(matches!(Config::default().with_env_overrides(), Err(Error::InvalidConfig(_))));
+    std::env::set_var("FLASHCOMM_MAX_PIECE_ELEMS", "1048576");
+    std::env::set_var("FLASHCOMM_QUANT", "int4-int8-g64");
+    std::env::set_var("FLASHCOMM_TIMEOUT_MS", "0");
+    let c = Config::default().with_env_overrides().unwrap();
+    assert_eq!((c.max_piece_elems, c.quantization, c.timeout), (1 << 20, Quantization::parse("int4-int8-g64").unwrap(), None));
+    std::env::set_var("FLASHCOMM_QUANT", "q4q8");
+    assert!(matches!(Config::default().with_env_overrides(), Err(Error::InvalidConfig(_))));
+    for k in ["FLASHCOMM_MAX_PIECE_ELEMS", "FLASHCOMM_QUANT", "FLASHCOMM_TIMEOUT_MS"] {
+        std::env::remove_var(k);
     }
 }

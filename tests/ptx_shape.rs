@@ -1,11 +1,21 @@
 //! Checks on the embedded PTX that need no GPU.
-use flashcomm::{kernels, KERNELS};
+use flashcomm::{KernelId, KERNELS};
 
+/// The host's entry table and the PTX name the same kernels, both ways.
 #[test]
 fn kernel_names_are_in_the_ptx() {
-    for name in kernels::all() {
+    let table: Vec<&str> = KernelId::all().map(|(_, name)| name).collect();
+    for name in &table {
         assert!(KERNELS.ptx.contains(&format!(".entry {name}(")), "kernel {name} missing from the PTX");
     }
+    for line in KERNELS.ptx.lines().filter_map(|l| l.strip_prefix(".visible .entry ")) {
+        let name = line.trim_end_matches('(');
+        assert!(table.contains(&name), "the PTX has a kernel the host does not know: {name}");
+    }
+    // One two-step kernel per element type and wire pair: plain/plain and
+    // every pair of quantized widths.
+    let pairs = 1 + flashcomm::Bits::ALL.len().pow(2);
+    assert_eq!(table.iter().filter(|n| n.starts_with("allreduce_twostep_")).count(), 2 * pairs);
 }
 
 #[test]

@@ -5,9 +5,8 @@
 #[path = "support/fixture.rs"]
 mod fixture;
 
-use flashcomm::device::codec::GROUP_SIZES;
 use flashcomm::reference::{error_bound, exact_sum_f64, reference_all_reduce};
-use flashcomm::{Bits, Quantization};
+use flashcomm::{Bits, GroupSize, Quantization, Quantized};
 
 #[test]
 fn reference_within_bound_on_real_activations() {
@@ -19,10 +18,10 @@ fn reference_within_bound_on_real_activations() {
         let refs: Vec<&[half::bf16]> = t.partials.iter().map(|v| v.as_slice()).collect();
         let exact = exact_sum_f64(&refs);
         let mut settings = vec![Quantization::None];
-        for rs in Bits::ALL {
-            for ag in Bits::ALL {
-                for &g in &GROUP_SIZES {
-                    settings.push(Quantization::Int { rs_bits: rs, ag_bits: ag, group_size: g as usize });
+        for &rs in Bits::ALL {
+            for &ag in Bits::ALL {
+                for g in GroupSize::ALL {
+                    settings.push(Quantization::Int(Quantized { rs_bits: rs, ag_bits: ag, group_size: g }));
                 }
             }
         }
@@ -39,11 +38,11 @@ fn reference_within_bound_on_real_activations() {
         // Tokens are independent when groups do not straddle rows (hidden 576
         // is a multiple of 32 and 64): reducing the first token alone gives
         // the same bits as within the whole batch (batch invariance).
-        for g in [32usize, 64] {
-            let q = Quantization::Int { rs_bits: Bits::B8, ag_bits: Bits::B8, group_size: g };
+        for g in [GroupSize::G32, GroupSize::G64] {
+            let q = Quantization::Int(Quantized { rs_bits: Bits::B8, ag_bits: Bits::B8, group_size: g });
             let whole = reference_all_reduce(&refs, &q).unwrap();
             let first: Vec<&[half::bf16]> = t.partials.iter().map(|v| &v[..t.hidden]).collect();
-            assert_eq!(reference_all_reduce(&first, &q).unwrap(), whole[..t.hidden], "{} g{g}", t.name);
+            assert_eq!(reference_all_reduce(&first, &q).unwrap(), whole[..t.hidden], "{} {}", t.name, q.label());
         }
     }
     println!("{checked} tensor/setting pairs within bound");

@@ -1,18 +1,16 @@
 //! Property tests of the CPU reference reducer against the exact sum.
-use flashcomm::device::codec::GROUP_SIZES;
 use flashcomm::reference::{error_bound, exact_sum_f64, reference_all_reduce};
 use flashcomm::synth::Rng;
-use flashcomm::{Bits, Error, HostElement, Quantization};
+use flashcomm::{Bits, Error, GroupSize, HostElement, Quantization, Quantized};
 use half::{bf16, f16};
 use proptest::prelude::*;
 
 fn quant_strategy() -> impl Strategy<Value = Quantization> {
-    let bits = prop_oneof![Just(Bits::B4), Just(Bits::B6), Just(Bits::B8)];
+    let bits = proptest::sample::select(Bits::ALL);
     prop_oneof![
         1 => Just(Quantization::None),
-        6 => (bits.clone(), bits, 0usize..4).prop_map(|(rs_bits, ag_bits, g)| Quantization::Int {
-            rs_bits, ag_bits, group_size: GROUP_SIZES[g] as usize
-        }),
+        6 => (bits.clone(), bits, proptest::sample::select(&GroupSize::ALL[..]))
+            .prop_map(|(rs_bits, ag_bits, group_size)| Quantization::Int(Quantized { rs_bits, ag_bits, group_size })),
     ]
 }
 
@@ -61,7 +59,7 @@ proptest! {
     #[test]
     fn cutting_on_group_boundaries_changes_nothing(seed in any::<u64>(), world in 2usize..=8, len in 2usize..3000, quant in quant_strategy()) {
         let data = inputs::<bf16>(seed, world, len, 0);
-        let g = match quant { Quantization::Int { group_size, .. } => group_size, Quantization::None => 1 };
+        let g = quant.quantized().map_or(1, |q| q.group_size.get());
         let cut = ((len / 2) / g * g).max(g).min(len);
         let whole = reference_all_reduce(&data.iter().map(|v| v.as_slice()).collect::<Vec<_>>(), &quant).unwrap();
         let a = reference_all_reduce(&data.iter().map(|v| &v[..cut]).collect::<Vec<_>>(), &quant).unwrap();
@@ -92,7 +90,7 @@ fn unquantized_is_the_rank_ordered_f32_sum() {
 fn nan_in_one_rank_poisons_exactly_its_group() {
     let world = 4;
     let data = inputs::<bf16>(7, world, 1000, 0);
-    for quant in [Quantization::INT8, Quantization::INT6, Quantization::INT4] {
+    for quant in [Quantization::INT8, Quantization::INT4_INT8, Quantization::INT4] {
         let clean = reference_all_reduce(&data.iter().map(|v| v.as_slice()).collect::<Vec<_>>(), &quant).unwrap();
         let mut bad = data.clone();
         bad[2][300] = bf16::NAN;
@@ -115,7 +113,6 @@ fn bad_inputs_are_typed_errors() {
     assert!(matches!(reference_all_reduce::<bf16>(&[], &Quantization::INT8), Err(Error::WorldSize { .. })));
     let nine: Vec<&[bf16]> = vec![&a[..]; 9];
     assert!(matches!(reference_all_reduce(&nine, &Quantization::INT8), Err(Error::WorldSize { world: 9, .. })));
-    let q = Quantization::Int { rs_bits: Bits::B8, ag_bits: Bits::B8, group_size: 48 };
-    assert!(matches!(reference_all_reduce(&[&a[..], &a[..]], &q), Err(Error::InvalidConfig(_))));
-    assert!(Bits::from_bits(5).is_err());
+    assert!(matches!(Quantization::int(Bits::B8, Bits::B8, 48), Err(Error::InvalidConfig(_))));
+    assert!(Bits::from_bits(5).is_none() && GroupSize::new(48).is_none());
 }

@@ -1,39 +1,33 @@
 //! The codec on one GPU: the `codec_quantize_*` / `codec_dequantize_*`
 //! kernels, for the bit-exactness tests against [`reference`](crate::reference).
-use crate::config::{Bits, Quantization};
+use crate::driver;
 use crate::element::HostElement;
 use crate::error::{Error, Result};
-use crate::kernels::{Kernel, KernelImage};
-use crate::raw;
+use crate::kernels::{KernelImage, LoadedKernels};
 use crate::reference::blob_layout;
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use flashcomm_kernels::abi::{THREADS, TILE_ELEMS};
+use flashcomm_kernels::codec::{Bits, GroupSize};
+use flashcomm_kernels::entry::KernelId;
 use std::sync::Arc;
 
 /// The codec kernels loaded on one GPU.
 pub struct GpuCodec {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    functions: Vec<(Kernel, CudaFunction)>,
+    kernels: LoadedKernels,
 }
 
 impl GpuCodec {
     /// Loads the codec kernels of `image` on `device`.
     pub fn new(device: usize, image: &KernelImage) -> Result<Self> {
-        if device >= crate::device::gpu_count() {
-            return Err(Error::NoSuchDevice { device, count: crate::device::gpu_count() });
+        if device >= crate::gpu_count() {
+            return Err(Error::NoSuchDevice { device, count: crate::gpu_count() });
         }
         let ctx = CudaContext::new(device)?;
         let stream = ctx.new_stream()?;
-        let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(image.ptx))?;
-        let mut functions = Vec::new();
-        for dtype in [crate::Dtype::Bf16, crate::Dtype::F16] {
-            for k in [Kernel::CodecQuantize(dtype), Kernel::CodecDequantize(dtype)] {
-                let f = module.load_function(&k.name()).map_err(|_| Error::MissingKernel { name: k.name() })?;
-                functions.push((k, f));
-            }
-        }
-        Ok(Self { ctx, stream, functions })
+        let kernels = LoadedKernels::load(&ctx, image)?;
+        Ok(Self { ctx, stream, kernels })
     }
 
     /// The context (allocate buffers here).
@@ -46,20 +40,15 @@ impl GpuCodec {
         &self.stream
     }
 
-    fn function(&self, kernel: Kernel) -> &CudaFunction {
-        &self.functions.iter().find(|(k, _)| *k == kernel).expect("codec kernel loaded in new()").1
-    }
-
     /// Bytes of the blob for `len` elements.
-    pub fn blob_bytes(len: usize, bits: Bits, group_size: usize) -> usize {
+    pub fn blob_bytes(len: usize, bits: Bits, group_size: GroupSize) -> usize {
         blob_layout(len, bits, group_size).total_bytes()
     }
 
-    fn launch(&self, kernel: Kernel, a: u64, len: usize, group_size: usize, bits: Bits, b: u64) -> Result<()> {
-        Quantization::Int { rs_bits: bits, ag_bits: bits, group_size }.validate()?;
+    fn launch(&self, kernel: KernelId, a: u64, len: usize, group_size: GroupSize, bits: Bits, b: u64) -> Result<()> {
         let tiles = blob_layout(len, bits, group_size).slots().div_ceil(TILE_ELEMS);
         let blocks = tiles.clamp(1, 4096) as u32;
-        let (mut a, mut n, mut g, mut bits, mut b) = (a, len as u64, group_size as u32, bits.bits(), b);
+        let (mut a, mut n, mut g, mut bits, mut b) = (a, len as u64, group_size.get() as u32, bits.bits(), b);
         let mut params = [
             &mut a as *mut u64 as *mut std::ffi::c_void,
             &mut n as *mut u64 as *mut std::ffi::c_void,
@@ -71,30 +60,30 @@ impl GpuCodec {
         // SAFETY: the context is bound; the codec kernels take
         // (ptr, u64, u32, u32, ptr); the callers pass buffers sized for `len`
         // elements and the blob layout, ordered on this stream.
-        unsafe { raw::launch::launch_with_params(self.function(kernel).cu_function(), blocks, THREADS, self.stream.cu_stream(), &mut params)? };
+        unsafe { driver::launch::launch_with_params(self.kernels.get(kernel)?.cu_function(), blocks, THREADS, self.stream.cu_stream(), &mut params)? };
         Ok(())
     }
 
     /// Quantizes `input` into `blob` (one shard, groups from element 0).
-    pub fn quantize<T: HostElement>(&self, input: &CudaSlice<T>, bits: Bits, group_size: usize, blob: &mut CudaSlice<u8>) -> Result<()> {
-        let need = Self::blob_bytes(input.len(), bits, group_size);
-        if blob.len() < need {
-            return Err(Error::InvalidConfig(format!("blob of {} bytes, needs {need}", blob.len())));
+    pub fn quantize<T: HostElement>(&self, input: &CudaSlice<T>, bits: Bits, group_size: GroupSize, blob: &mut CudaSlice<u8>) -> Result<()> {
+        let needed = Self::blob_bytes(input.len(), bits, group_size);
+        if blob.len() < needed {
+            return Err(Error::BufferTooSmall { what: "blob", bytes: blob.len(), needed });
         }
         let (src, _r) = input.device_ptr(&self.stream);
         let (dst, _w) = blob.device_ptr_mut(&self.stream);
-        self.launch(Kernel::CodecQuantize(T::DTYPE), src, input.len(), group_size, bits, dst)
+        self.launch(KernelId::CodecQuantize(T::DTYPE), src, input.len(), group_size, bits, dst)
     }
 
     /// Decodes `blob` into `output`.
-    pub fn dequantize<T: HostElement>(&self, blob: &CudaSlice<u8>, bits: Bits, group_size: usize, output: &mut CudaSlice<T>) -> Result<()> {
-        let need = Self::blob_bytes(output.len(), bits, group_size);
-        if blob.len() < need {
-            return Err(Error::InvalidConfig(format!("blob of {} bytes, needs {need}", blob.len())));
+    pub fn dequantize<T: HostElement>(&self, blob: &CudaSlice<u8>, bits: Bits, group_size: GroupSize, output: &mut CudaSlice<T>) -> Result<()> {
+        let needed = Self::blob_bytes(output.len(), bits, group_size);
+        if blob.len() < needed {
+            return Err(Error::BufferTooSmall { what: "blob", bytes: blob.len(), needed });
         }
         let len = output.len();
         let (src, _r) = blob.device_ptr(&self.stream);
         let (dst, _w) = output.device_ptr_mut(&self.stream);
-        self.launch(Kernel::CodecDequantize(T::DTYPE), src, len, group_size, bits, dst)
+        self.launch(KernelId::CodecDequantize(T::DTYPE), src, len, group_size, bits, dst)
     }
 }

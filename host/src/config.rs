@@ -1,40 +1,41 @@
 //! Configuration: quantization, algorithm choice, watchdog, staging size.
+//!
+//! Every setting has one spelling, used by [`Quantization::parse`] and
+//! [`Quantization::label`], the `FLASHCOMM_*` environment variables, the
+//! benchmark and the perplexity tool: `none`, `int8`, `int4-int8` (the
+//! reduce-scatter's width first), each optionally followed by `-g<G>` for a
+//! group size other than 128 (`label` always prints it: `int8-g128`).
 use crate::error::{Error, Result};
-use flashcomm_kernels::codec::GROUP_SIZES;
+use flashcomm_kernels::abi::Transport;
+use flashcomm_kernels::codec::{Bits, GroupSize, Wire};
 use std::time::Duration;
 
-/// Code width of one quantization step.
+/// A quantized setting (Flash All-Reduce): the code width of each step and
+/// the group size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Bits {
-    /// 4 bits: two codes per byte.
-    B4,
-    /// 6 bits, stored bit-split as a 4-bit and a 2-bit plane.
-    B6,
-    /// 8 bits.
-    B8,
+pub struct Quantized {
+    /// Code width of the reduce-scatter step.
+    pub rs_bits: Bits,
+    /// Code width of the all-gather step.
+    pub ag_bits: Bits,
+    /// Elements per quantization group.
+    pub group_size: GroupSize,
 }
 
-impl Bits {
-    /// Every width, widest first.
-    pub const ALL: [Bits; 3] = [Bits::B8, Bits::B6, Bits::B4];
-
-    /// The number of bits.
-    pub const fn bits(self) -> u32 {
-        match self {
-            Bits::B4 => 4,
-            Bits::B6 => 6,
-            Bits::B8 => 8,
-        }
+impl Quantized {
+    /// The wire formats of the two steps.
+    pub fn wires(&self) -> (Wire, Wire) {
+        (Wire::Quantized(self.rs_bits), Wire::Quantized(self.ag_bits))
     }
 
-    /// Parses 4, 6 or 8.
-    pub fn from_bits(bits: u32) -> Result<Self> {
-        match bits {
-            4 => Ok(Bits::B4),
-            6 => Ok(Bits::B6),
-            8 => Ok(Bits::B8),
-            _ => Err(Error::InvalidConfig(format!("{bits}-bit codes are not supported (use 4, 6 or 8)"))),
-        }
+    /// `int8-g128`, `int4-int8-g64`, ... (see the [module docs](self)).
+    pub fn label(&self) -> String {
+        let widths = if self.rs_bits == self.ag_bits {
+            self.rs_bits.name().to_string()
+        } else {
+            format!("{}-{}", self.rs_bits.name(), self.ag_bits.name())
+        };
+        format!("{widths}-g{}", self.group_size.get())
     }
 }
 
@@ -43,90 +44,71 @@ impl Bits {
 pub enum Quantization {
     /// No quantization: f32 sums in rank order, rounded once to the element type.
     None,
-    /// Flash All-Reduce: per-group asymmetric quantization with `rs_bits` in
-    /// the reduce-scatter step and `ag_bits` in the all-gather step.
-    Int {
-        /// Code width of the reduce-scatter step.
-        rs_bits: Bits,
-        /// Code width of the all-gather step.
-        ag_bits: Bits,
-        /// Elements per group: 32, 64, 128 or 256.
-        group_size: usize,
-    },
+    /// Flash All-Reduce with these code widths and group size.
+    Int(Quantized),
 }
 
 impl Quantization {
     /// INT8 in both steps, groups of 128.
-    pub const INT8: Self = Self::Int { rs_bits: Bits::B8, ag_bits: Bits::B8, group_size: 128 };
+    pub const INT8: Self = Self::Int(Quantized { rs_bits: Bits::B8, ag_bits: Bits::B8, group_size: GroupSize::G128 });
     /// The paper's "INT6": INT4 in the reduce-scatter, INT8 in the all-gather, groups of 128.
-    pub const INT6: Self = Self::Int { rs_bits: Bits::B4, ag_bits: Bits::B8, group_size: 128 };
+    pub const INT4_INT8: Self = Self::Int(Quantized { rs_bits: Bits::B4, ag_bits: Bits::B8, group_size: GroupSize::G128 });
     /// INT4 in both steps, groups of 128.
-    pub const INT4: Self = Self::Int { rs_bits: Bits::B4, ag_bits: Bits::B4, group_size: 128 };
+    pub const INT4: Self = Self::Int(Quantized { rs_bits: Bits::B4, ag_bits: Bits::B4, group_size: GroupSize::G128 });
 
-    /// Checks the group size.
-    pub fn validate(&self) -> Result<()> {
-        if let Self::Int { group_size, .. } = *self {
-            if !GROUP_SIZES.contains(&(group_size as u32)) {
-                return Err(Error::InvalidConfig(format!(
-                    "group size {group_size} is not supported (use one of {GROUP_SIZES:?})"
-                )));
-            }
-        }
-        Ok(())
+    /// A quantized setting from its parts; a bad group size is a typed error.
+    pub fn int(rs_bits: Bits, ag_bits: Bits, group_size: usize) -> Result<Self> {
+        let group_size = GroupSize::new(group_size).ok_or_else(|| bad_group(group_size))?;
+        Ok(Self::Int(Quantized { rs_bits, ag_bits, group_size }))
     }
 
-    /// `(rs, ag)` code widths for the kernels: 16 means raw elements.
-    pub fn kernel_bits(&self) -> (u32, u32) {
+    /// The quantized setting, if any.
+    pub fn quantized(&self) -> Option<Quantized> {
         match *self {
-            Self::None => (16, 16),
-            Self::Int { rs_bits, ag_bits, .. } => (rs_bits.bits(), ag_bits.bits()),
+            Self::None => None,
+            Self::Int(q) => Some(q),
         }
     }
 
-    /// A short label: `none`, `int8`, `int4/8-g128`, ...
+    /// `none`, or [`Quantized::label`].
     pub fn label(&self) -> String {
-        match *self {
+        match self {
             Self::None => "none".into(),
-            Self::Int { rs_bits, ag_bits, group_size } if rs_bits == ag_bits => {
-                format!("int{}-g{group_size}", rs_bits.bits())
-            }
-            Self::Int { rs_bits, ag_bits, group_size } => {
-                format!("int{}/{}-g{group_size}", rs_bits.bits(), ag_bits.bits())
-            }
+            Self::Int(q) => q.label(),
         }
     }
 
-    /// Parses `none`, `int8`, `int6` (= 4 then 8), `int4`, or `q<rs>q<ag>`,
-    /// each optionally followed by `-g<group>` (default 128).
+    /// Parses the spelling of the [module docs](self) (ASCII case ignored).
     pub fn parse(text: &str) -> Result<Self> {
         let text = text.trim().to_ascii_lowercase();
-        if text == "none" || text == "off" {
+        if text == "none" {
             return Ok(Self::None);
         }
-        let (head, group) = match text.split_once("-g") {
-            Some((h, g)) => (h.to_string(), g.parse::<usize>().map_err(|_| bad(&text))?),
-            None => (text.clone(), 128),
+        let (widths, group) = match text.rsplit_once("-g") {
+            Some((w, g)) => (w, g.parse::<usize>().map_err(|_| bad_setting(&text))?),
+            None => (text.as_str(), 128),
         };
-        let (rs, ag) = match head.as_str() {
-            "int8" => (8, 8),
-            "int6" => (4, 8),
-            "int4" => (4, 4),
-            q => {
-                let rest = q.strip_prefix('q').ok_or_else(|| bad(&text))?;
-                let (a, b) = rest.split_once('q').ok_or_else(|| bad(&text))?;
-                (a.parse().map_err(|_| bad(&text))?, b.parse().map_err(|_| bad(&text))?)
-            }
+        let width = |name: &str| Bits::ALL.iter().copied().find(|b| b.name() == name).ok_or_else(|| bad_setting(&text));
+        let (rs, ag) = match widths.split_once('-') {
+            Some((rs, ag)) => (width(rs)?, width(ag)?),
+            None => (width(widths)?, width(widths)?),
         };
-        let q = Self::Int { rs_bits: Bits::from_bits(rs)?, ag_bits: Bits::from_bits(ag)?, group_size: group };
-        q.validate()?;
-        Ok(q)
+        Self::int(rs, ag, group)
     }
 }
 
-fn bad(text: &str) -> Error {
+fn bad_setting(text: &str) -> Error {
+    let widths: Vec<&str> = Bits::ALL.iter().map(|b| b.name()).collect();
     Error::InvalidConfig(format!(
-        "cannot parse quantization {text:?} (use none, int8, int6, int4 or q<rs>q<ag>, with optional -g32/-g64/-g128/-g256)"
+        "cannot parse quantization {text:?}: use none, one width for both steps ({}), or two joined by '-' \
+         (reduce-scatter first, e.g. int4-int8), optionally followed by -g32, -g64, -g128 or -g256",
+        widths.join(", ")
     ))
+}
+
+fn bad_group(group_size: usize) -> Error {
+    let sizes: Vec<usize> = GroupSize::ALL.iter().map(|g| g.get()).collect();
+    Error::InvalidConfig(format!("group size {group_size} is not supported (use one of {sizes:?})"))
 }
 
 /// Which all-reduce algorithm runs.
@@ -135,89 +117,45 @@ pub enum Algorithm {
     /// Pick by size and world size from measured thresholds; quantized only
     /// when [`Config::quantization`] allows it.
     Auto,
-    /// Unquantized one-shot: every rank reads every peer's whole message.
+    /// Unquantized one-shot: every rank pushes its whole message to every rank.
     OneShot,
-    /// Unquantized two-shot: reduce-scatter then all-gather, raw elements.
+    /// Unquantized two-shot: reduce-scatter then all-gather, plain elements.
     TwoShot,
     /// Quantized two-shot (Flash All-Reduce) with [`Config::quantization`].
     Flash,
-    /// NCCL's all-reduce (feature `nccl`, when libnccl loads): the fallback
-    /// `Auto` uses where NCCL measured faster. Not bit-identical to the CPU
-    /// reference (NCCL's own summation order), but identical on all ranks.
+    /// NCCL's all-reduce (feature `nccl`, when libnccl loads). Not
+    /// bit-identical to the CPU reference (NCCL's own summation order), but
+    /// identical on all ranks; no watchdog (NCCL's own semantics).
     Nccl,
 }
 
 impl Algorithm {
-    /// Parses `auto`, `oneshot`, `twoshot`, `flash`.
+    /// Every algorithm, in the order of [`Self::name`]'s list.
+    pub const ALL: [Self; 5] = [Self::Auto, Self::OneShot, Self::TwoShot, Self::Flash, Self::Nccl];
+
+    /// The setting's name: `auto`, `oneshot`, `twoshot`, `flash`, `nccl`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::OneShot => "oneshot",
+            Self::TwoShot => "twoshot",
+            Self::Flash => "flash",
+            Self::Nccl => "nccl",
+        }
+    }
+
+    /// Parses [`Self::name`] (ASCII case ignored).
     pub fn parse(text: &str) -> Result<Self> {
-        match text.trim().to_ascii_lowercase().as_str() {
-            "auto" => Ok(Self::Auto),
-            "oneshot" | "one-shot" | "1shot" => Ok(Self::OneShot),
-            "twoshot" | "two-shot" | "2shot" => Ok(Self::TwoShot),
-            "flash" | "quantized" => Ok(Self::Flash),
-            "nccl" => Ok(Self::Nccl),
-            other => Err(Error::InvalidConfig(format!("unknown algorithm {other:?} (auto, oneshot, twoshot, flash, nccl)"))),
-        }
+        Self::ALL.into_iter().find(|a| a.name().eq_ignore_ascii_case(text.trim())).ok_or_else(|| {
+            Error::InvalidConfig(format!("unknown algorithm {text:?} (auto, oneshot, twoshot, flash, nccl)"))
+        })
     }
 }
 
-/// How one phase of the two-shot crosses the links.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Link {
-    /// Peer loads: the reader fetches from the writer's staging after the barrier.
-    Pull,
-    /// Peer stores: the writer stores into the reader's staging; loads are local.
-    Push,
-}
-
-/// Link direction of each two-shot phase (measured: see docs/benchmarks.md).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Transport {
-    /// The reduce-scatter step.
-    pub reduce_scatter: Link,
-    /// The all-gather step.
-    pub all_gather: Link,
-}
-
-impl Transport {
-    /// Both phases push (peer stores).
-    pub const PUSH: Self = Self { reduce_scatter: Link::Push, all_gather: Link::Push };
-    /// Both phases pull (peer loads).
-    pub const PULL: Self = Self { reduce_scatter: Link::Pull, all_gather: Link::Pull };
-
-    /// Kernel argument bits (`flashcomm_kernels::abi::Transport`).
-    pub fn bits(&self) -> u32 {
-        use flashcomm_kernels::abi::Transport as T;
-        (if self.reduce_scatter == Link::Push { T::PUSH_REDUCE_SCATTER } else { 0 })
-            | (if self.all_gather == Link::Push { T::PUSH_ALL_GATHER } else { 0 })
-    }
-
-    /// `push`, `pull`, `push-pull` (reduce-scatter first), ...
-    pub fn label(&self) -> String {
-        let l = |k: Link| if k == Link::Push { "push" } else { "pull" };
-        if self.reduce_scatter == self.all_gather {
-            l(self.reduce_scatter).into()
-        } else {
-            format!("{}-{}", l(self.reduce_scatter), l(self.all_gather))
-        }
-    }
-
-    /// Parses `push`, `pull`, `push-pull`, `pull-push`.
-    pub fn parse(text: &str) -> Result<Self> {
-        let one = |t: &str| match t {
-            "push" => Ok(Link::Push),
-            "pull" => Ok(Link::Pull),
-            _ => Err(Error::InvalidConfig(format!("unknown transport {text:?} (push, pull, push-pull, pull-push)"))),
-        };
-        let t = text.trim().to_ascii_lowercase();
-        match t.split_once('-') {
-            Some((a, b)) => Ok(Self { reduce_scatter: one(a)?, all_gather: one(b)? }),
-            None => {
-                let k = one(&t)?;
-                Ok(Self { reduce_scatter: k, all_gather: k })
-            }
-        }
-    }
+/// Parses a [`Transport`] name (`push`, `pull`, `push-pull`, `pull-push`).
+pub fn parse_transport(text: &str) -> Result<Transport> {
+    Transport::parse(text)
+        .ok_or_else(|| Error::InvalidConfig(format!("unknown transport {text:?} (push, pull, push-pull, pull-push)")))
 }
 
 /// Size thresholds for [`Algorithm::Auto`], in bytes of the message.
@@ -232,6 +170,14 @@ pub struct Thresholds {
     pub nccl_min_bytes: usize,
 }
 
+/// Smallest staging piece: a smaller one gains nothing and costs barriers.
+pub const MIN_PIECE_ELEMS: usize = 1 << 16;
+/// Largest staging piece: `2 * max_piece_elems` bytes per staging buffer,
+/// two buffers per GPU (1 GiB at this bound).
+pub const MAX_PIECE_ELEMS: usize = 1 << 28;
+/// Longest watchdog timeout.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// Communicator configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -240,24 +186,27 @@ pub struct Config {
     /// Algorithm for every call (per-call overrides exist).
     pub algorithm: Algorithm,
     /// Watchdog: a rank gives up waiting for a peer after this long and the
-    /// host gets [`Error::PeerTimeout`]. `None` waits forever. The clock runs
-    /// from when a rank's kernel reaches a barrier, so ranks whose streams
-    /// reach the collective further apart than this (one rank still busy with
-    /// a long kernel, first-call warm-up) also time out: raise it for such
-    /// workloads. Default 200 ms.
+    /// host gets [`Error::PeerTimeout`]. `None` waits forever; `Some` must be
+    /// between 1 ns and [`MAX_TIMEOUT`]. The clock runs from when a rank's
+    /// kernel reaches a barrier, so ranks whose streams reach the collective
+    /// further apart than this (one rank still busy with a long kernel,
+    /// first-call warm-up) also time out: raise it for such workloads.
+    /// Default 200 ms.
     pub timeout: Option<Duration>,
-    /// Largest piece (elements) the staging buffers hold: two buffers of
-    /// about `2 * max_piece_elems` bytes per GPU. Larger messages run in
-    /// pieces inside one kernel launch, one piece's all-gather overlapped
-    /// with the next piece's reduce-scatter stage.
+    /// Largest piece (elements) the staging buffers hold, between
+    /// [`MIN_PIECE_ELEMS`] and [`MAX_PIECE_ELEMS`]: two buffers of about
+    /// `2 * max_piece_elems` bytes per GPU. Larger messages run in pieces
+    /// inside one kernel launch, one piece's all-gather overlapped with the
+    /// next piece's reduce-scatter stage.
     pub max_piece_elems: usize,
     /// Overrides the measured `Auto` thresholds.
     pub thresholds: Option<Thresholds>,
     /// Link direction of the two-shot phases.
     pub transport: Transport,
-    /// Let `Auto` fall back to NCCL where it measured faster (creates NCCL
-    /// communicators at construction when libnccl loads). Turn off for
-    /// results that are bit-identical to the CPU reference at every size.
+    /// Let `Auto` fall back to NCCL where the thresholds say NCCL is faster
+    /// (creates NCCL communicators at construction when libnccl loads).
+    /// Default off: NCCL calls have no watchdog, so a missing rank would
+    /// hang them, and their sums do not follow the CPU reference.
     pub nccl_fallback: bool,
     /// Let several ranks share one GPU (a device may repeat in the list
     /// given to `Communicator::new`): for testing multi-rank code and the
@@ -278,7 +227,7 @@ impl Default for Config {
             max_piece_elems: 32 << 20,
             thresholds: None,
             transport: Transport::PUSH,
-            nccl_fallback: true,
+            nccl_fallback: false,
             shared_devices: false,
         }
     }
@@ -287,8 +236,9 @@ impl Default for Config {
 impl Config {
     /// Applies environment overrides: `FLASHCOMM_ALGO`, `FLASHCOMM_QUANT`,
     /// `FLASHCOMM_TIMEOUT_MS` (0 = no watchdog), `FLASHCOMM_ONESHOT_MAX_BYTES`,
-    /// `FLASHCOMM_FLASH_MIN_BYTES`, `FLASHCOMM_TRANSPORT` (push, pull, push-pull, pull-push),
-    /// `FLASHCOMM_MAX_PIECE_ELEMS`.
+    /// `FLASHCOMM_FLASH_MIN_BYTES`, `FLASHCOMM_TRANSPORT`,
+    /// `FLASHCOMM_MAX_PIECE_ELEMS`, each spelled as in the [module docs](self);
+    /// then [`Self::validate`]s the result.
     pub fn with_env_overrides(mut self) -> Result<Self> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         let num = |k: &str, v: String| {
@@ -301,7 +251,7 @@ impl Config {
             self.quantization = Quantization::parse(&v)?;
         }
         if let Some(v) = var("FLASHCOMM_TRANSPORT") {
-            self.transport = Transport::parse(&v)?;
+            self.transport = parse_transport(&v)?;
         }
         if let Some(v) = var("FLASHCOMM_TIMEOUT_MS") {
             let ms = num("FLASHCOMM_TIMEOUT_MS", v)?;
@@ -320,18 +270,62 @@ impl Config {
                 nccl_min_bytes: base.nccl_min_bytes,
             });
         }
+        self.validate()?;
         Ok(self)
     }
 
-    /// Checks the configuration.
+    /// Checks every value against its documented bounds.
     pub fn validate(&self) -> Result<()> {
-        self.quantization.validate()?;
-        if self.algorithm == Algorithm::Flash && self.quantization == Quantization::None {
-            return Err(Error::InvalidConfig("Algorithm::Flash needs a Quantization::Int setting".into()));
+        flash_setting(self.algorithm, self.quantization)?;
+        if !(MIN_PIECE_ELEMS..=MAX_PIECE_ELEMS).contains(&self.max_piece_elems) {
+            return Err(Error::InvalidConfig(format!(
+                "max_piece_elems {} is outside {MIN_PIECE_ELEMS}..={MAX_PIECE_ELEMS}",
+                self.max_piece_elems
+            )));
         }
-        if self.max_piece_elems < 1 << 16 {
-            return Err(Error::InvalidConfig(format!("max_piece_elems {} is below the minimum 65536", self.max_piece_elems)));
+        if let Some(t) = self.timeout {
+            if t.is_zero() || t > MAX_TIMEOUT {
+                return Err(Error::InvalidConfig(format!(
+                    "timeout {t:?} is outside 1 ns..={MAX_TIMEOUT:?} (None waits forever)"
+                )));
+            }
         }
         Ok(())
+    }
+}
+
+/// The quantized setting `Algorithm::Flash` runs with `quantization`; an
+/// error when there is none. Other algorithms need nothing.
+pub(crate) fn flash_setting(algorithm: Algorithm, quantization: Quantization) -> Result<Option<Quantized>> {
+    match (algorithm, quantization) {
+        (Algorithm::Flash, Quantization::None) => {
+            Err(Error::InvalidConfig("Algorithm::Flash needs a quantized setting (Quantization::Int)".into()))
+        }
+        (Algorithm::Flash, Quantization::Int(q)) => Ok(Some(q)),
+        _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_setting_parses_back_from_its_label() {
+        for &rs in Bits::ALL {
+            for &ag in Bits::ALL {
+                for g in GroupSize::ALL {
+                    let q = Quantization::Int(Quantized { rs_bits: rs, ag_bits: ag, group_size: g });
+                    assert_eq!(Quantization::parse(&q.label()).unwrap(), q, "{}", q.label());
+                }
+            }
+        }
+        assert_eq!(Quantization::parse(&Quantization::None.label()).unwrap(), Quantization::None);
+        for a in Algorithm::ALL {
+            assert_eq!(Algorithm::parse(a.name()).unwrap(), a);
+        }
+        for t in Transport::ALL {
+            assert_eq!(parse_transport(t.name()).unwrap(), t);
+        }
     }
 }

@@ -43,6 +43,15 @@ pub enum Error {
     /// A pointer is not aligned as the kernels require.
     #[error("rank {rank}: {what} pointer {ptr:#x} is not {align}-byte aligned")]
     Misaligned { rank: usize, what: &'static str, ptr: u64, align: usize },
+    /// Input and output of a rank overlap without being the same buffer.
+    #[error("rank {rank}: input and output overlap without being identical")]
+    Overlap { rank: usize },
+    /// A size or an address range does not fit the machine's arithmetic.
+    #[error("{what} overflows")]
+    Overflow { what: &'static str },
+    /// A buffer is smaller than the call needs.
+    #[error("the {what} holds {bytes} bytes, {needed} are needed")]
+    BufferTooSmall { what: &'static str, bytes: usize, needed: usize },
     /// A rank index outside the communicator.
     #[error("rank {rank} does not exist (world size {world})")]
     NoSuchRank { rank: usize, world: usize },
@@ -50,8 +59,16 @@ pub enum Error {
     #[error("rank {rank} timed out waiting for rank {peer} at the {phase} barrier (block {block}); the communicator needs recover()")]
     PeerTimeout { rank: usize, peer: usize, phase: &'static str, block: usize },
     /// Ranks entered one collective with different lengths or configurations.
-    #[error("rank {rank}: rank {peer} entered the collective with a different length or configuration (block {block})")]
+    #[error("rank {rank}: rank {peer} entered the collective with a different length or configuration (block {block}); the communicator needs recover()")]
     CollectiveMismatch { rank: usize, peer: usize, block: usize },
+    /// Another rank failed (timeout or mismatch) and told this one; this
+    /// rank's collectives since then did not run.
+    #[error("rank {rank}: rank {peer} failed a collective, so this rank's collectives since then did not run; the communicator needs recover()")]
+    PeerFailed { rank: usize, peer: usize },
+    /// Two threads issued calls for one rank at the same time: each rank's
+    /// calls must come in one order (see `Communicator`'s docs).
+    #[error("rank {rank}: another thread is issuing a call for this rank; issue each rank's calls from one thread, in one order")]
+    ConcurrentCall { rank: usize },
     /// A previous collective failed; call `recover()` first.
     #[error("the communicator is unusable after an earlier failure ({0}); call recover()")]
     Poisoned(String),

@@ -1,10 +1,11 @@
 //! Host runtime of flashcomm, on `cudarc`.
 //!
-//! Layers: [`raw`] (driver calls cudarc does not wrap: peer access, module
-//! loading with options, raw launches) -> checked RAII wrappers in [`device`]
-//! -> [`comm`], the [`Communicator`] and its algorithms. Beside them:
-//! [`config`], [`reference`] (the CPU reference reducer every GPU result is
-//! compared with, bit for bit) and [`Error`].
+//! Layers: [`driver`] (the driver calls cudarc does not wrap: peer access,
+//! stream-ordered copies, launches with argument blocks) -> checked RAII
+//! memory in [`peer_buffer`] and loaded [`kernels`] -> [`comm`], the
+//! [`Communicator`] and its algorithms. Beside them: [`config`],
+//! [`reference`] (the CPU reference reducer every GPU result is compared
+//! with, bit for bit) and [`Error`].
 pub mod config;
 pub mod element;
 pub mod error;
@@ -13,19 +14,25 @@ pub mod synth;
 
 /// The cudarc version flashcomm is built on (allocate buffers with it).
 pub use cudarc;
-pub use config::{Algorithm, Bits, Config, Link, Quantization, Thresholds, Transport};
+pub use config::{Algorithm, Config, Quantization, Quantized, Thresholds};
 pub use element::HostElement;
 pub use error::{Error, Result};
-pub use flashcomm_kernels::codec::Dtype;
+pub use flashcomm_kernels::abi::{Link, PhaseSkip, Transport};
+pub use flashcomm_kernels::codec::{Bits, Dtype, GroupSize, Wire};
+pub use flashcomm_kernels::entry::KernelId;
 
 pub mod codec_gpu;
 pub mod comm;
-pub mod device;
+pub mod driver;
 pub mod kernels;
 #[cfg(feature = "nccl")]
 pub mod nccl;
-pub mod raw;
+pub mod peer_buffer;
 
 pub use comm::{CallOptions, Communicator, Plan};
-pub use device::gpu_count;
 pub use kernels::KernelImage;
+
+/// Number of CUDA GPUs visible to this process; 0 without a driver. Never panics.
+pub fn gpu_count() -> usize {
+    driver::device_count()
+}

@@ -16,12 +16,13 @@
 //! which is why accuracy measured with this function is the GPU's accuracy.
 //! With [`Quantization::None`] the result is the rank-ordered f32 sum rounded
 //! once to the element type.
-use crate::config::{Bits, Quantization};
+use crate::config::Quantization;
 use crate::element::HostElement;
 use crate::error::{Error, Result};
 use flashcomm_kernels::abi::MAX_WORLD;
+use flashcomm_kernels::codec::layout::plane_bits;
 use flashcomm_kernels::codec::quant::{nan_max, nan_min};
-use flashcomm_kernels::codec::{Encoder, GroupParams, PackedChunk, ShardLayout, CHUNK};
+use flashcomm_kernels::codec::{Bits, Encoder, GroupParams, GroupSize, PackedChunk, ShardLayout, Wire, CHUNK};
 use std::ops::Range;
 
 fn check_inputs<T>(inputs: &[&[T]]) -> Result<usize> {
@@ -58,10 +59,9 @@ pub fn round_trip_group(values: &mut [f32], bits: Bits) {
 ///
 /// # Errors
 /// [`Error::WorldSize`] for no inputs or more than 8, [`Error::LengthMismatch`]
-/// if the inputs differ in length, [`Error::InvalidConfig`] for a bad group size.
+/// if the inputs differ in length.
 pub fn reference_all_reduce<T: HostElement>(inputs: &[&[T]], quant: &Quantization) -> Result<Vec<T>> {
     let n = check_inputs(inputs)?;
-    quant.validate()?;
     let mut out = Vec::with_capacity(n);
     match *quant {
         Quantization::None => {
@@ -73,7 +73,8 @@ pub fn reference_all_reduce<T: HostElement>(inputs: &[&[T]], quant: &Quantizatio
                 out.push(T::from_f32(acc));
             }
         }
-        Quantization::Int { rs_bits, ag_bits, group_size } => {
+        Quantization::Int(q) => {
+            let (rs_bits, ag_bits, group_size) = (q.rs_bits, q.ag_bits, q.group_size.get());
             let mut acc = vec![0.0f32; group_size];
             let mut part = vec![0.0f32; group_size];
             for start in (0..n).step_by(group_size) {
@@ -128,13 +129,14 @@ pub fn error_bound<T: HostElement>(inputs: &[&[T]], quant: &Quantization) -> Res
     let mut bound = vec![0.0; n];
     let group = match *quant {
         Quantization::None => n.max(1),
-        Quantization::Int { group_size, .. } => group_size,
+        Quantization::Int(q) => q.group_size.get(),
     };
     for start in (0..n).step_by(group) {
         let range = start..(start + group).min(n);
         let (rank_err, ag_err) = match *quant {
             Quantization::None => (0.0, 0.0),
-            Quantization::Int { rs_bits, ag_bits, .. } => {
+            Quantization::Int(q) => {
+                let (rs_bits, ag_bits) = (q.rs_bits, q.ag_bits);
                 let rank_err: f64 = inputs
                     .iter()
                     .map(|x| {
@@ -162,26 +164,25 @@ fn min_max(values: impl Iterator<Item = f64>) -> (f64, f64) {
 }
 
 /// Layout of the blob the single-GPU codec kernels write for `len` elements.
-pub fn blob_layout(len: usize, bits: Bits, group_size: usize) -> ShardLayout {
-    ShardLayout::new(len.div_ceil(group_size), group_size, bits.bits())
+pub fn blob_layout(len: usize, bits: Bits, group_size: GroupSize) -> ShardLayout {
+    ShardLayout::new(len.div_ceil(group_size.get()), group_size.get(), Wire::Quantized(bits))
 }
 
 /// The byte ranges of a blob that hold data (codes of every group slot and the
 /// parameters); padding between regions is left out.
 pub fn blob_data_ranges(layout: &ShardLayout) -> [Range<usize>; 3] {
     let primary = 0..layout.slots() * layout.primary_bits() / 8;
-    let secondary = layout.secondary_offset()..layout.secondary_offset() + if layout.bits == 6 { layout.slots() / 4 } else { 0 };
+    let secondary = layout.secondary_offset()..layout.secondary_offset() + layout.slots() * plane_bits(layout.wire).1 as usize / 8;
     let params = layout.params_offset()..layout.params_offset() + layout.groups * 8;
     [primary, secondary, params]
 }
 
 /// Host twin of the `codec_quantize_*` kernels: `input` as one shard, groups
 /// from element 0, encoded into a blob of [`blob_layout`] (padding zeroed).
-pub fn quantize_blob<T: HostElement>(input: &[T], bits: Bits, group_size: usize) -> Result<Vec<u8>> {
-    Quantization::Int { rs_bits: bits, ag_bits: bits, group_size }.validate()?;
+pub fn quantize_blob<T: HostElement>(input: &[T], bits: Bits, group_size: GroupSize) -> Vec<u8> {
     let layout = blob_layout(input.len(), bits, group_size);
     let mut blob = vec![0u8; layout.total_bytes()];
-    let b = bits.bits();
+    let (b, wire, group_size) = (bits.bits(), Wire::Quantized(bits), group_size.get());
     let mut values = vec![0.0f32; group_size];
     for (g, group) in input.chunks(group_size).enumerate() {
         for (v, x) in values.iter_mut().zip(group) {
@@ -199,27 +200,26 @@ pub fn quantize_blob<T: HostElement>(input: &[T], bits: Bits, group_size: usize)
                     *code = encoder.encode(v);
                 }
             }
-            write_chunk(&mut blob, &layout, g * group_size / CHUNK + c, &PackedChunk::pack(&codes, b));
+            write_chunk(&mut blob, &layout, g * group_size / CHUNK + c, &PackedChunk::pack(&codes, wire));
         }
     }
-    Ok(blob)
+    blob
 }
 
 /// Host twin of the `codec_dequantize_*` kernels.
-pub fn dequantize_blob<T: HostElement>(blob: &[u8], len: usize, bits: Bits, group_size: usize) -> Result<Vec<T>> {
-    Quantization::Int { rs_bits: bits, ag_bits: bits, group_size }.validate()?;
+pub fn dequantize_blob<T: HostElement>(blob: &[u8], len: usize, bits: Bits, group_size: GroupSize) -> Result<Vec<T>> {
     let layout = blob_layout(len, bits, group_size);
     if blob.len() < layout.total_bytes() {
-        return Err(Error::InvalidConfig(format!("blob of {} bytes, layout needs {}", blob.len(), layout.total_bytes())));
+        return Err(Error::BufferTooSmall { what: "blob", bytes: blob.len(), needed: layout.total_bytes() });
     }
-    let b = bits.bits();
+    let (b, wire, group_size) = (bits.bits(), Wire::Quantized(bits), group_size.get());
     let word = |at: usize| u32::from_le_bytes(blob[at..at + 4].try_into().unwrap());
     let mut out = Vec::with_capacity(len);
     for c in 0..len.div_ceil(CHUNK) {
         let g = c * CHUNK / group_size;
         let p = layout.params_offset() + 8 * g;
         let params = GroupParams { center: f32::from_bits(word(p)), half_step: f32::from_bits(word(p + 4)) };
-        let codes = read_chunk(&layout, c, &word).unpack(b);
+        let codes = read_chunk(&layout, c, &word).unpack(wire);
         for &q in codes.iter().take(len - c * CHUNK) {
             out.push(T::from_f32(params.decode(q, b)));
         }
@@ -233,7 +233,7 @@ fn write_chunk(blob: &mut [u8], layout: &ShardLayout, c: usize, packed: &PackedC
     for (w, word) in packed.primary[..words].iter().enumerate() {
         blob[base + 4 * w..base + 4 * w + 4].copy_from_slice(&word.to_le_bytes());
     }
-    if layout.bits == 6 {
+    if plane_bits(layout.wire).1 == 2 {
         let at = layout.secondary_offset() + 4 * c;
         blob[at..at + 4].copy_from_slice(&packed.secondary.to_le_bytes());
     }
@@ -245,7 +245,7 @@ fn read_chunk(layout: &ShardLayout, c: usize, word: &impl Fn(usize) -> u32) -> P
     for w in 0..layout.primary_chunk_bytes() / 4 {
         packed.primary[w] = word(base + 4 * w);
     }
-    if layout.bits == 6 {
+    if plane_bits(layout.wire).1 == 2 {
         packed.secondary = word(layout.secondary_offset() + 4 * c);
     }
     packed

@@ -14,8 +14,8 @@ pub const THREADS: u32 = 256;
 pub const TILE_ELEMS: usize = THREADS as usize * crate::codec::CHUNK;
 
 /// Phases of a collective that wait on peers; each has its own flag array
-/// (shared rule 1 / hazard H3: a fast peer at barrier 2 must not overwrite
-/// a slot still being waited on at barrier 1).
+/// (docs/design.md H3: a fast peer at barrier 2 must not overwrite a slot
+/// still being waited on at barrier 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Phase {
@@ -28,8 +28,8 @@ pub enum Phase {
 
 /// Word offsets inside a rank's *sync area*: one peer-mapped `cuMemAlloc`
 /// block per rank. Peers write only their own slot `[block][peer_rank]` of the
-/// flag and tag arrays (one writer per slot, hazard H1); epochs and the error
-/// word are written by the owning rank's kernels only.
+/// flag and tag arrays (one writer per slot, docs/design.md H1); epochs and
+/// the error word are written by the owning rank's kernels only.
 pub mod sync_area {
     use super::{MAX_BLOCKS, MAX_WORLD};
     /// `flags[phase][block][peer]`: epoch a peer signalled.
@@ -88,7 +88,7 @@ impl ErrorWord {
     }
 }
 
-/// Arguments of the collective kernels (`allreduce_twoshot_*`, `allreduce_oneshot_*`).
+/// Arguments of the collective kernels (`allreduce_twostep_*`, `allreduce_oneshot_*`).
 ///
 /// Pointers are device addresses (`CUdeviceptr`). `staging_in`, `staging_out`
 /// and `sync` hold every rank's buffer, in rank order, mapped into this GPU's
@@ -102,7 +102,7 @@ pub struct CollectiveArgs {
     pub output: u64,
     /// Elements in this call.
     pub len: u64,
-    /// Two-shot: elements per piece (a multiple of 512; the staging buffers
+    /// Two-step: elements per piece (a multiple of 512; the staging buffers
     /// hold one piece). The kernel runs `ceil(len / piece_len)` pieces back to
     /// back, every piece with the geometry of a full one. One-shot: `len`.
     pub piece_len: u64,
@@ -122,12 +122,14 @@ pub struct CollectiveArgs {
     pub rank: u32,
     /// Number of ranks (2..=MAX_WORLD).
     pub world: u32,
-    /// Elements per quantization group; shards are whole groups.
-    pub group_size: u32,
-    /// Identifies (length, dtype, algorithm, bits, group size, transport) of
+    /// Two-step: elements per shard unit; shards are whole units. Quantized
+    /// wires: the group size; plain: [`PLAIN_SHARD_UNIT`](crate::codec::layout::PLAIN_SHARD_UNIT).
+    /// The one-shot ignores it.
+    pub shard_unit: u32,
+    /// Identifies (length, dtype, algorithm, wires, group size, transport) of
     /// this call; ranks compare tags at the entry barrier.
     pub tag: u32,
-    /// How each two-shot phase crosses the links: [`Transport`] bits.
+    /// How each two-step phase crosses the links: [`Transport::word`].
     pub transport: u32,
     /// Explicit padding (keeps the layout obvious on both sides).
     pub _pad: u32,
@@ -135,12 +137,19 @@ pub struct CollectiveArgs {
 
 const _: () = assert!(core::mem::size_of::<CollectiveArgs>() == 8 * 4 + 8 * MAX_WORLD * 3 + 16 + 24);
 
-/// Transport bits of [`CollectiveArgs::transport`].
-///
-/// *Pull* (peer loads): a rank writes only its own staging; the reader loads
-/// across the link after the barrier. *Push* (peer stores): the writer
-/// stores straight into the reader's staging; every load is local.
-/// Buffer roles (slots are `shard_stride` bytes):
+/// How one phase of the two-step kernel crosses the links.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Link {
+    /// Peer loads: a rank writes only its own staging; the reader loads
+    /// across the link after the barrier.
+    Pull,
+    /// Peer stores: the writer stores straight into the reader's staging;
+    /// every load is local.
+    Push,
+}
+
+/// The [`Link`] of each two-step phase. Buffer roles (slots are
+/// `shard_stride` bytes):
 ///
 /// | phase | pull | push |
 /// |---|---|---|
@@ -150,45 +159,118 @@ const _: () = assert!(core::mem::size_of::<CollectiveArgs>() == 8 * 4 + 8 * MAX_
 /// Quantized kernels: the owner also decodes its own shard of the output
 /// straight from registers, so no rank loads its own slot, and under push
 /// the owner does not store into its own `staging_out`.
-pub struct Transport;
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Transport {
+    /// The reduce-scatter step.
+    pub reduce_scatter: Link,
+    /// The all-gather step.
+    pub all_gather: Link,
+}
 
 impl Transport {
-    /// The reduce-scatter pushes (peer stores) instead of pulling.
-    pub const PUSH_REDUCE_SCATTER: u32 = 1;
-    /// The all-gather pushes (peer stores) instead of pulling.
-    pub const PUSH_ALL_GATHER: u32 = 2;
-    /// Diagnostics for the benchmark only (results are wrong): skip the data
-    /// work of phase 1 (stage), 2 (reduce) or 3 (gather); barriers still run.
-    /// Timing such variants shows where a call's time goes.
-    pub const DIAG_SKIP_STAGE: u32 = 1 << 8;
-    /// See [`Self::DIAG_SKIP_STAGE`].
-    pub const DIAG_SKIP_REDUCE: u32 = 1 << 9;
-    /// See [`Self::DIAG_SKIP_STAGE`].
-    pub const DIAG_SKIP_GATHER: u32 = 1 << 10;
+    /// Both phases push (peer stores): measured faster on NVLink.
+    pub const PUSH: Self = Self { reduce_scatter: Link::Push, all_gather: Link::Push };
+    /// Both phases pull (peer loads).
+    pub const PULL: Self = Self { reduce_scatter: Link::Pull, all_gather: Link::Pull };
+    /// Every combination, reduce-scatter first: push, pull, push-pull, pull-push.
+    pub const ALL: [Self; 4] = [
+        Self::PUSH,
+        Self::PULL,
+        Self { reduce_scatter: Link::Push, all_gather: Link::Pull },
+        Self { reduce_scatter: Link::Pull, all_gather: Link::Push },
+    ];
+    const PUSH_REDUCE_SCATTER: u32 = 1;
+    const PUSH_ALL_GATHER: u32 = 2;
+
+    /// The encoding in [`CollectiveArgs::transport`].
+    #[inline(always)]
+    pub const fn word(self) -> u32 {
+        (if matches!(self.reduce_scatter, Link::Push) { Self::PUSH_REDUCE_SCATTER } else { 0 })
+            | (if matches!(self.all_gather, Link::Push) { Self::PUSH_ALL_GATHER } else { 0 })
+    }
+
+    /// Whether the reduce-scatter of the transport encoded in `word` pushes.
+    #[inline(always)]
+    pub const fn pushes_reduce_scatter(word: u32) -> bool {
+        word & Self::PUSH_REDUCE_SCATTER != 0
+    }
+
+    /// Whether the all-gather of the transport encoded in `word` pushes.
+    #[inline(always)]
+    pub const fn pushes_all_gather(word: u32) -> bool {
+        word & Self::PUSH_ALL_GATHER != 0
+    }
+
+    /// The setting's name: `push`, `pull`, `push-pull`, `pull-push`
+    /// (reduce-scatter first).
+    pub const fn name(self) -> &'static str {
+        match (self.reduce_scatter, self.all_gather) {
+            (Link::Push, Link::Push) => "push",
+            (Link::Pull, Link::Pull) => "pull",
+            (Link::Push, Link::Pull) => "push-pull",
+            (Link::Pull, Link::Push) => "pull-push",
+        }
+    }
+
+    /// The transport named `name` (see [`Self::name`]; ASCII case ignored).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(name.trim()))
+    }
+}
+
+/// Benchmark diagnostics: which phases' data work a diagnostic two-step
+/// kernel (`diag_allreduce_twostep_*`, never used for results) skips, so
+/// timing the rest shows where a call's time goes. Barriers always run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(transparent)]
+pub struct PhaseSkip(pub u32);
+
+impl PhaseSkip {
+    /// Skip nothing (the production kernels are compiled with this).
+    pub const NONE: Self = Self(0);
+    /// Skip quantizing and staging the input.
+    pub const STAGE: Self = Self(1);
+    /// Skip the reduction of the owned shard.
+    pub const REDUCE: Self = Self(2);
+    /// Skip decoding the gathered shards into the output.
+    pub const GATHER: Self = Self(4);
+    /// Skip every phase's data work (barriers only).
+    pub const ALL: Self = Self(7);
+
+    /// Whether every phase of `other` is skipped.
+    #[inline(always)]
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Both sets of phases.
+    pub const fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
 }
 
 /// Shard geometry of one call, derived identically on every rank from
-/// `(len, world, group_size)` only, so all ranks launch the same grid and
-/// pair the same blocks (shared rule 5 / design rule 6).
+/// `(len, world, shard_unit)` only, so all ranks launch the same grid and
+/// pair the same blocks (docs/design.md R5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShardGeometry {
-    /// Groups in the whole message (the last may be short).
+    /// Units (groups) in the whole message (the last may be short).
     pub total_groups: usize,
-    /// Groups per shard (the last shards may hold fewer, or none).
+    /// Units per shard (the last shards may hold fewer, or none).
     pub shard_groups: usize,
-    /// Element slots per shard (`shard_groups * group_size`).
+    /// Element slots per shard (`shard_groups * unit`).
     pub shard_slots: usize,
     /// Tiles per shard.
     pub tiles: usize,
 }
 
 impl ShardGeometry {
-    /// Geometry for `len` elements over `world` ranks with groups of `group_size`.
+    /// Geometry for `len` elements over `world` ranks in shard units of `unit`.
     #[inline(always)]
-    pub const fn new(len: usize, world: usize, group_size: usize) -> Self {
-        let total_groups = len.div_ceil(group_size);
+    pub const fn new(len: usize, world: usize, unit: usize) -> Self {
+        let total_groups = len.div_ceil(unit);
         let shard_groups = total_groups.div_ceil(world);
-        let shard_slots = shard_groups * group_size;
+        let shard_slots = shard_groups * unit;
         let tiles = shard_slots.div_ceil(TILE_ELEMS);
         Self { total_groups, shard_groups, shard_slots, tiles }
     }

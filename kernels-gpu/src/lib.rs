@@ -6,20 +6,24 @@
 //! 2. [`codec`]: per-group quantization, bit packing and the byte layout of a
 //!    quantized shard. Pure Rust, compiled for the GPU *and* the host, so the
 //!    host's reference reducer and the kernels run the very same code.
-//! 3. [`abi`]: the `#[repr(C)]` argument blocks shared by host launches and kernels.
+//! 3. [`abi`]: the `#[repr(C)]` argument blocks shared by host launches and
+//!    kernels; [`entry`]: every entry point's key and name.
 //! 4. `kernels` (nvptx64 only): thin `extern "ptx-kernel"` entry points.
+//!
+//! Only the nvptx64 build needs nightly features; the host build of the
+//! codec, the ABI and the entry table is plain stable Rust.
 #![no_std]
 #![cfg_attr(
     target_arch = "nvptx64",
-    feature(abi_ptx, stdarch_nvptx, asm_experimental_arch, link_llvm_intrinsics)
+    feature(abi_ptx, stdarch_nvptx, asm_experimental_arch, link_llvm_intrinsics, stmt_expr_attributes)
 )]
-#![cfg_attr(not(target_arch = "nvptx64"), feature(float_minimum_maximum))]
 // `link_llvm_intrinsics` is how the shuffles reach LLVM's convergent intrinsics.
 #![cfg_attr(target_arch = "nvptx64", allow(internal_features))]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod abi;
 pub mod codec;
+pub mod entry;
 
 #[cfg(target_arch = "nvptx64")]
 pub mod intrinsics;

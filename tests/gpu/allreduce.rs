@@ -1,9 +1,8 @@
 //! Multi-GPU all-reduce against the CPU reference reducer, bit for bit.
 use crate::common::*;
-use flashcomm::device::codec::GROUP_SIZES;
 use flashcomm::reference::reference_all_reduce;
 use flashcomm::synth::Rng;
-use flashcomm::{Algorithm, Bits, CallOptions, Communicator, Config, HostElement, Link, Quantization, Transport, KERNELS};
+use flashcomm::{Algorithm, Bits, CallOptions, Communicator, Config, GroupSize, HostElement, Link, Quantization, Quantized, Transport, KERNELS};
 use half::{bf16, f16};
 use std::collections::BTreeMap;
 
@@ -20,8 +19,7 @@ fn worlds() -> Vec<usize> {
 fn check_case<T: HostElement>(comm: &Communicator, inputs: &[Vec<T>], opts: &CallOptions, in_place: bool, what: &str) -> TestResult {
     let len = inputs[0].len();
     let quant = match comm.plan(len, T::DTYPE, opts) {
-        Ok(flashcomm::Plan::TwoShot(q)) => q,
-        Ok(flashcomm::Plan::OneShot | flashcomm::Plan::Nccl) => Quantization::None,
+        Ok(plan) => plan.quantization(),
         Err(e) => return Err(format!("{what}: plan: {e}").into()),
     };
     let refs: Vec<&[T]> = inputs.iter().map(|v| v.as_slice()).collect();
@@ -51,8 +49,8 @@ fn random_transport(rng: &mut Rng) -> Transport {
 }
 
 fn random_quant(rng: &mut Rng) -> Quantization {
-    let bits = |rng: &mut Rng| Bits::ALL[rng.range(0, 2)];
-    Quantization::Int { rs_bits: bits(rng), ag_bits: bits(rng), group_size: GROUP_SIZES[rng.range(0, 3)] as usize }
+    let bits = |rng: &mut Rng| Bits::ALL[rng.range(0, Bits::ALL.len() - 1)];
+    Quantization::Int(Quantized { rs_bits: bits(rng), ag_bits: bits(rng), group_size: GroupSize::ALL[rng.range(0, GroupSize::ALL.len() - 1)] })
 }
 
 /// Random world sizes, lengths (1 to ~4M, log-uniform), element types,
@@ -113,7 +111,7 @@ fn random_cases(comms: &BTreeMap<usize, Communicator>, cases: usize, rng: &mut R
             "case {case}: W={world} len={len} {} {algorithm:?} {} {} {kind:?} {}",
             if f16_case { "f16" } else { "bf16" },
             quantization.label(),
-            transport.label(),
+            transport.name(),
             if in_place { "in-place" } else { "out-of-place" }
         );
         if f16_case {
@@ -123,7 +121,7 @@ fn random_cases(comms: &BTreeMap<usize, Communicator>, cases: usize, rng: &mut R
             let inputs = make_inputs::<bf16>(rng, kind, world, len);
             check_case(comm, &inputs, &opts, in_place, &what)?;
         }
-        *counts.entry(format!("W={world} {algorithm:?} {}", transport.label())).or_default() += 1;
+        *counts.entry(format!("W={world} {algorithm:?} {}", transport.name())).or_default() += 1;
     }
     println!("{name}: {cases} cases bit-identical on every rank: {counts:?}");
     Ok(())
@@ -143,7 +141,7 @@ pub fn consecutive_calls_and_pieces() -> TestResult {
                 0 => (Algorithm::OneShot, Quantization::None),
                 1 => (Algorithm::TwoShot, Quantization::None),
                 2 => (Algorithm::Flash, random_quant(&mut rng)),
-                _ => (Algorithm::Auto, Quantization::INT6),
+                _ => (Algorithm::Auto, Quantization::INT4_INT8),
             };
             // Transports change from call to call too (buffer roles swap).
             let opts = CallOptions { algorithm: Some(algorithm), quantization: Some(quantization), transport: Some(random_transport(&mut rng)), ..Default::default() };
@@ -222,10 +220,7 @@ pub fn per_rank_calls_from_threads() -> TestResult {
         res.map_err(|e| format!("rank {r}: {e}"))?;
     }
     for (call, len) in lens.iter().enumerate() {
-        let q = match ctx(comm.plan(*len, flashcomm::Dtype::Bf16, &CallOptions::default()), "plan")? {
-            flashcomm::Plan::TwoShot(q) => q,
-            flashcomm::Plan::OneShot | flashcomm::Plan::Nccl => Quantization::None,
-        };
+        let q = ctx(comm.plan(*len, flashcomm::Dtype::Bf16, &CallOptions::default()), "plan")?.quantization();
         let refs: Vec<&[bf16]> = inputs[call].iter().map(|v| v.as_slice()).collect();
         let expected = ctx(reference_all_reduce(&refs, &q), "reference")?;
         let outs: Vec<Vec<bf16>> = (0..world).map(|r| ctx(ctx(comm.stream(r), "stream")?.clone_dtoh(&per_rank[r][call]), "download")).collect::<Result<_, _>>()?;
@@ -258,7 +253,7 @@ pub fn raw_entry_point() -> TestResult {
                 return Err(format!("misaligned input was not refused: {misaligned:?}").into());
             }
             let overlap = comm.all_reduce_raw(r, src, src + 32, 64, flashcomm::Dtype::Bf16, s.cu_stream(), &CallOptions::default());
-            if !matches!(overlap, Err(flashcomm::Error::InvalidConfig(_))) {
+            if !matches!(overlap, Err(flashcomm::Error::Overlap { .. })) {
                 return Err(format!("overlapping buffers were not refused: {overlap:?}").into());
             }
         }
@@ -284,9 +279,9 @@ pub fn real_activations_bit_exact() -> TestResult {
         let (sub, devices) = communicator_on_gpus_there_are(t.world, exact_config())?;
         placements.push(format!("{} on {devices:?}", t.name));
         let mut settings = vec![Quantization::None];
-        for &g in &GROUP_SIZES {
+        for g in GroupSize::ALL {
             for (rs, ag) in [(Bits::B8, Bits::B8), (Bits::B4, Bits::B8), (Bits::B6, Bits::B6), (Bits::B4, Bits::B4)] {
-                settings.push(Quantization::Int { rs_bits: rs, ag_bits: ag, group_size: g as usize });
+                settings.push(Quantization::Int(Quantized { rs_bits: rs, ag_bits: ag, group_size: g }));
             }
         }
         for quantization in settings {
@@ -309,7 +304,7 @@ pub fn auto_nccl_fallback() -> TestResult {
     let world = flashcomm::gpu_count().min(4);
     // Explicit thresholds: the mechanism is tested, whatever the tuning table says.
     let thresholds = flashcomm::Thresholds { oneshot_max_bytes: 0, flash_min_bytes: usize::MAX, nccl_min_bytes: 1 << 20 };
-    let comm = communicator(world, Config { thresholds: Some(thresholds), ..Config::default() })?;
+    let comm = communicator(world, Config { thresholds: Some(thresholds), nccl_fallback: true, ..Config::default() })?;
     if !comm.has_nccl() {
         return Err("the NCCL fallback did not initialise (libnccl.so on LD_LIBRARY_PATH?)".into());
     }
@@ -335,20 +330,21 @@ pub fn auto_nccl_fallback() -> TestResult {
     Ok(())
 }
 
-/// The NCCL baseline (through cudarc) works here and agrees with the exact
-/// sum to bf16 accuracy: the benchmark's reference contender is sound.
+/// NCCL through cudarc (`Algorithm::Nccl`, the path the benchmark's
+/// baseline takes too) works here and agrees with the exact sum to bf16
+/// accuracy: the benchmark's reference contender is sound.
 pub fn nccl_baseline_agrees() -> TestResult {
     let world = flashcomm::gpu_count().min(4);
     if !flashcomm::nccl::available() {
         return Err("libnccl.so cannot be loaded (set LD_LIBRARY_PATH; see docs/gpu-testing.md)".into());
     }
-    let comm = communicator(world, exact_config())?;
-    let nccl = ctx(flashcomm::nccl::NcclBaseline::new(&comm), "NCCL init")?;
+    let comm = communicator(world, Config { nccl_fallback: true, ..exact_config() })?;
     let mut rng = Rng::new(seed("allreduce::nccl_baseline_agrees"));
     let len = 1 << 20;
     let inputs = make_inputs::<bf16>(&mut rng, DataKind::Normal, world, len);
     let mut bufs = upload(&comm, &inputs)?;
-    ctx(nccl.all_reduce_in_place(&mut bufs), "ncclAllReduce")?;
+    let nccl = CallOptions { algorithm: Some(Algorithm::Nccl), ..Default::default() };
+    ctx(comm.all_reduce_in_place_with(&mut bufs, &nccl), "ncclAllReduce")?;
     ctx(comm.synchronize(), "synchronize")?;
     let outs = download(&comm, &bufs)?;
     let refs: Vec<&[bf16]> = inputs.iter().map(|v| v.as_slice()).collect();

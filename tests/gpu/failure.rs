@@ -12,10 +12,7 @@ fn correct_call(comm: &Communicator, rng: &mut Rng, len: usize, what: &str) -> T
     let mut bufs = upload(comm, &inputs)?;
     ctx(comm.all_reduce_in_place(&mut bufs), what)?;
     ctx(comm.synchronize(), what)?;
-    let q = match ctx(comm.plan(len, flashcomm::Dtype::Bf16, &CallOptions::default()), "plan")? {
-        flashcomm::Plan::TwoShot(q) => q,
-        flashcomm::Plan::OneShot | flashcomm::Plan::Nccl => Quantization::None,
-    };
+    let q = ctx(comm.plan(len, flashcomm::Dtype::Bf16, &CallOptions::default()), "plan")?.quantization();
     let refs: Vec<&[bf16]> = inputs.iter().map(|v| v.as_slice()).collect();
     compare_bits(&download(comm, &bufs)?, &ctx(reference_all_reduce(&refs, &q), "reference")?, what)
 }
@@ -128,8 +125,7 @@ pub fn bad_inputs_fail_before_launch() -> TestResult {
     expect(comm.all_reduce(&ins, &mut outs), |e| matches!(e, Error::OutputLength { .. }), "output length")?;
     // Unsupported group size and Flash without quantization, per call.
     let mut ok: Vec<_> = (0..world).map(|r| s(r).clone_htod(&vec![bf16::ONE; 64]).unwrap()).collect();
-    let bad_group = CallOptions { quantization: Some(Quantization::Int { rs_bits: Bits::B8, ag_bits: Bits::B8, group_size: 96 }), ..Default::default() };
-    expect(comm.all_reduce_in_place_with(&mut ok, &bad_group), |e| matches!(e, Error::InvalidConfig(_)), "group size 96")?;
+    expect(Quantization::int(Bits::B8, Bits::B8, 96), |e| matches!(e, Error::InvalidConfig(_)), "group size 96")?;
     let flash_none = CallOptions { algorithm: Some(Algorithm::Flash), quantization: Some(Quantization::None), ..Default::default() };
     expect(comm.all_reduce_in_place_with(&mut ok, &flash_none), |e| matches!(e, Error::InvalidConfig(_)), "flash without bits")?;
     expect(comm.all_reduce_rank_in_place(world, &mut ok[0], &CallOptions::default()), |e| matches!(e, Error::NoSuchRank { .. }), "rank out of range")?;

@@ -1,18 +1,76 @@
-//! Queuing one rank's part of a collective: which kernel, its arguments
-//! (the call's tag, the one-shot's buffers), the pieces of a long message,
-//! and the grid.
-use super::{CallOptions, Communicator, Plan, RAW_SHARD_UNIT};
-use crate::config::{Config, Quantization};
+//! Queuing one rank's part of a collective: the plan (which algorithm, from
+//! config, options and size), the kernel and its arguments (the call's tag,
+//! the one-shot's buffers), the pieces of a long message, and the grid.
+#[cfg(feature = "diagnostics")]
+use super::lock;
+use super::{CallOptions, Communicator};
+use crate::config::{flash_setting, Algorithm, Config, Quantization, Quantized};
+use crate::driver;
 use crate::error::{Error, Result};
-use crate::kernels::Kernel;
-use crate::raw;
-use flashcomm_kernels::abi::{CollectiveArgs, ShardGeometry, THREADS};
-use flashcomm_kernels::codec::{Dtype, CHUNK};
+use flashcomm_kernels::abi::{CollectiveArgs, PhaseSkip, ShardGeometry, THREADS};
+use flashcomm_kernels::codec::layout::PLAIN_SHARD_UNIT;
+use flashcomm_kernels::codec::{Dtype, Wire, CHUNK};
+use flashcomm_kernels::entry::KernelId;
+
+/// What one call runs, resolved from config, options and size: the
+/// [`Algorithm`] with everything it needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Unquantized one-shot.
+    OneShot,
+    /// Unquantized two-shot (the two-step kernel with plain wires).
+    TwoShot,
+    /// Flash All-Reduce (the two-step kernel with quantized wires).
+    Flash(Quantized),
+    /// NCCL's all-reduce.
+    Nccl,
+}
+
+impl Plan {
+    /// The algorithm this plan runs.
+    pub fn algorithm(&self) -> Algorithm {
+        match self {
+            Plan::OneShot => Algorithm::OneShot,
+            Plan::TwoShot => Algorithm::TwoShot,
+            Plan::Flash(_) => Algorithm::Flash,
+            Plan::Nccl => Algorithm::Nccl,
+        }
+    }
+
+    /// The quantization whose result this plan computes (the CPU
+    /// reference's argument; NCCL's sum is unquantized).
+    pub fn quantization(&self) -> Quantization {
+        match *self {
+            Plan::Flash(q) => Quantization::Int(q),
+            _ => Quantization::None,
+        }
+    }
+
+    /// `oneshot`, `twoshot`, `flash-int8-g128`, `nccl`.
+    pub fn label(&self) -> String {
+        match self {
+            Plan::Flash(q) => format!("flash-{}", q.label()),
+            other => other.algorithm().name().into(),
+        }
+    }
+
+    /// The two-step kernel's wires and shard unit (None: not a two-step plan).
+    fn twostep(&self) -> Option<(Wire, Wire, usize)> {
+        match *self {
+            Plan::TwoShot => Some((Wire::Plain, Wire::Plain, PLAIN_SHARD_UNIT)),
+            Plan::Flash(q) => {
+                let (rs, ag) = q.wires();
+                Some((rs, ag, q.group_size.get()))
+            }
+            _ => None,
+        }
+    }
+}
 
 /// Largest one-shot launch (elements; a multiple of 512): its buffer holds
-/// two slots of `world` raw copies of this many elements (16 MiB per GPU at
-/// W = 2, 64 MiB at W = 8). Longer one-shot calls run in several launches;
-/// `Auto` picks the one-shot only far below this.
+/// two slots of `world` plain copies of this many elements (16 MiB per GPU
+/// at W = 2, 64 MiB at W = 8). Longer one-shot calls run in several
+/// launches; `Auto` picks the one-shot only far below this.
 pub(super) const ONESHOT_MAX_ELEMS: usize = 2 << 20;
 /// Blocks of every one-shot launch, whatever its size and element type: the
 /// kernel's slot reuse without an exit barrier needs block `b` to cover the
@@ -20,7 +78,7 @@ pub(super) const ONESHOT_MAX_ELEMS: usize = 2 << 20;
 /// one-shot kernels (`Communicator::oneshot_grid`).
 pub(super) const ONESHOT_GRID: u32 = 128;
 
-/// Elements of one one-shot launch; a multiple of 512, as raw blobs are
+/// Elements of one one-shot launch; a multiple of 512, as plain blobs are
 /// padded to that (layout docs).
 pub(super) fn oneshot_elems(config: &Config) -> usize {
     ONESHOT_MAX_ELEMS.min(config.max_piece_elems) / 512 * 512
@@ -40,97 +98,192 @@ fn fnv1a(words: &[u64]) -> u32 {
 }
 
 impl Communicator {
+    /// The plan a call with `len` elements of `dtype` would run.
+    pub fn plan(&self, len: usize, dtype: Dtype, opts: &CallOptions) -> Result<Plan> {
+        let quant = opts.quantization.unwrap_or(self.config.quantization);
+        let algorithm = opts.algorithm.unwrap_or(self.config.algorithm);
+        let bytes = len.checked_mul(dtype.size()).ok_or(Error::Overflow { what: "the message size in bytes" })?;
+        Ok(match algorithm {
+            Algorithm::OneShot => Plan::OneShot,
+            Algorithm::TwoShot => Plan::TwoShot,
+            Algorithm::Flash => Plan::Flash(flash_setting(algorithm, quant)?.expect("Flash yields a setting or an error")),
+            Algorithm::Nccl if self.has_nccl() => Plan::Nccl,
+            Algorithm::Nccl => {
+                return Err(Error::Nccl("NCCL is not available to this communicator (feature `nccl`, libnccl.so, Config::nccl_fallback)".into()))
+            }
+            Algorithm::Auto => {
+                let t = &self.thresholds;
+                match quant {
+                    _ if bytes <= t.oneshot_max_bytes => Plan::OneShot,
+                    Quantization::Int(q) if bytes >= t.flash_min_bytes => Plan::Flash(q),
+                    _ if bytes >= t.nccl_min_bytes && self.has_nccl() => Plan::Nccl,
+                    _ => Plan::TwoShot,
+                }
+            }
+        })
+    }
+
     /// Elements one launch of `plan` may cover (staging capacity).
     fn piece_elems(&self, plan: Plan) -> usize {
         match plan {
             Plan::OneShot => oneshot_elems(&self.config),
-            Plan::TwoShot(_) => self.config.max_piece_elems / 512 * 512,
+            Plan::TwoShot | Plan::Flash(_) => self.config.max_piece_elems / 512 * 512,
             Plan::Nccl => usize::MAX,
         }
     }
 
-    /// Queues the kernels of one rank's part of a collective, piece by piece.
+    /// Queues the kernels of one rank's part of a collective.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn launch_rank(&self, rank: usize, input: u64, output: u64, len: usize, dtype: Dtype, plan: Plan, opts: &CallOptions) -> Result<()> {
-        let r = &self.ranks[rank];
-        let world = self.world_size();
+        self.launch_rank_skipping(rank, input, output, len, dtype, plan, opts, None)
+    }
+
+    /// [`Self::launch_rank`], on the diagnostic kernel skipping `skip`'s
+    /// phases when `skip` is given.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn launch_rank_skipping(
+        &self,
+        rank: usize,
+        input: u64,
+        output: u64,
+        len: usize,
+        dtype: Dtype,
+        plan: Plan,
+        opts: &CallOptions,
+        skip: Option<PhaseSkip>,
+    ) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let _one_call_order = self.launch_lock(rank)?;
         if plan == Plan::Nccl {
-            #[cfg(feature = "nccl")]
-            if let Some(nccl) = &self.nccl {
-                let _one_at_a_time = r.launch.lock().unwrap();
-                // SAFETY: callers checked that input/output hold `len`
-                // elements on this rank's GPU and ordered them on its stream.
-                return unsafe { nccl.all_reduce_raw(rank, input, output, len, dtype) };
+            return self.launch_nccl(rank, input, output, len, dtype);
+        }
+        let r = &self.ranks[rank];
+        let transport = opts.transport.unwrap_or(self.config.transport).word();
+        let mut args = CollectiveArgs { transport, ..r.args };
+        let (kernel, tiles_of) = match plan.twostep() {
+            Some((rs, ag, unit)) => {
+                args.shard_unit = unit as u32;
+                let kernel = match skip {
+                    Some(_) => KernelId::TwoStepDiagnostic { dtype, rs, ag },
+                    None => KernelId::TwoStep { dtype, rs, ag },
+                };
+                (kernel, unit)
             }
-            return Err(Error::Nccl("NCCL is not available to this communicator".into()));
-        }
-        let (kernel, group_size) = match plan {
-            Plan::Nccl => unreachable!("handled above"),
-            Plan::OneShot => (Kernel::OneShot(dtype), CHUNK),
-            Plan::TwoShot(q @ Quantization::None) => (Kernel::twoshot(dtype, &q), RAW_SHARD_UNIT),
-            Plan::TwoShot(q @ Quantization::Int { group_size, .. }) => (Kernel::twoshot(dtype, &q), group_size),
+            None => {
+                // The one-shot kernel's buffers travel as its `staging_in`.
+                args.staging_in = self.oneshot_buffers;
+                args.shard_stride = self.oneshot_stride as u64;
+                (KernelId::OneShot(dtype), CHUNK)
+            }
         };
-        let func = r.functions.get(&kernel).ok_or_else(|| Error::MissingKernel { name: kernel.name() })?;
-        let resident = self.resident_blocks[&kernel];
-        let (rs, ag) = match kernel {
-            Kernel::TwoShot(_, rs, ag) => (rs, ag),
-            _ => (16, 16),
-        };
-        let transport = opts.transport.unwrap_or(self.config.transport).bits() | opts.diagnostic_skip;
-        let mut args = CollectiveArgs { group_size: group_size as u32, transport, ..r.args };
-        if plan == Plan::OneShot {
-            // The one-shot kernel's buffers travel as its `staging_in`.
-            args.staging_in = self.oneshot_buffers;
-            args.shard_stride = self.oneshot_stride as u64;
-        }
-        let piece = self.piece_elems(plan);
-        let _one_at_a_time = r.launch.lock().unwrap();
-        r.ctx.bind_to_thread()?;
-        // The two-shot kernel runs all pieces of the message in one launch
+        let func = r.kernels.get(kernel)?;
+        let resident = self.resident_blocks.get(&kernel).copied().ok_or_else(|| Error::MissingKernel { name: format!("{kernel:?}") })?;
+        // The two-step kernel runs all pieces of the message in one launch
         // (pipelined, see the kernel docs); pieces are balanced so the last
         // one is not much shorter (every piece uses a full piece's geometry).
         // The one-shot runs one launch per piece.
-        let (step, twoshot_piece) = match plan {
-            Plan::TwoShot(_) => (len, Some(balanced_piece(len, piece))),
+        let piece = self.piece_elems(plan);
+        let (step, twostep_piece) = match plan {
+            Plan::TwoShot | Plan::Flash(_) => (len, Some(balanced_piece(len, piece))),
             _ => (piece, None),
         };
+        r.ctx.bind_to_thread()?;
         let mut start = 0;
         while start < len {
             let n = step.min(len - start);
-            let piece_len = twoshot_piece.unwrap_or(n);
+            let piece_len = twostep_piece.unwrap_or(n);
             args.input = input + (start * dtype.size()) as u64;
             args.output = output + (start * dtype.size()) as u64;
             args.len = n as u64;
             args.piece_len = piece_len as u64;
-            args.tag = fnv1a(&[n as u64, piece_len as u64, dtype as u64, plan.algorithm() as u64, rs as u64, ag as u64, group_size as u64, transport as u64]);
-            let tiles = match plan {
-                Plan::TwoShot(_) => ShardGeometry::new(piece_len.min(n), world, group_size).tiles,
-                _ => n.div_ceil(CHUNK).div_ceil(THREADS as usize),
-            };
+            args.tag = fnv1a(&[n as u64, piece_len as u64, dtype as u64, plan.algorithm() as u64, kernel_words(kernel), args.shard_unit as u64, transport as u64]);
             let blocks = match plan {
                 Plan::OneShot => self.oneshot_grid,
-                _ => (tiles.max(1) as u32).min(resident),
+                _ => (ShardGeometry::new(piece_len.min(n), self.world_size(), tiles_of).tiles.max(1) as u32).min(resident),
             };
-            // SAFETY: the context is bound; the kernel takes one CollectiveArgs;
-            // staging and sync buffers are owned by `self` and peer-mapped;
-            // input/output hold `len` elements (checked by the callers) and
-            // are ordered on this stream by the callers; `piece_len` is a
-            // multiple of 512 within the staging capacity.
-            unsafe { raw::launch::launch_with_args(func.cu_function(), blocks, THREADS, r.stream.cu_stream(), &mut args)? };
+            // SAFETY: the context is bound; the kernel takes one
+            // CollectiveArgs (plus the phases to skip, for a diagnostic
+            // kernel); staging and sync buffers are owned by `self` and
+            // peer-mapped; input/output hold `len` elements (checked by the
+            // callers) and are ordered on this stream by the callers;
+            // `piece_len` is a multiple of 512 within the staging capacity.
+            unsafe {
+                match skip {
+                    Some(mut skip) => driver::launch::launch_with_args_and(func.cu_function(), blocks, THREADS, r.stream.cu_stream(), &mut args, &mut skip)?,
+                    None => driver::launch::launch_with_args(func.cu_function(), blocks, THREADS, r.stream.cu_stream(), &mut args)?,
+                }
+            };
             start += n;
+        }
+        Ok(())
+    }
+
+    fn launch_nccl(&self, rank: usize, input: u64, output: u64, len: usize, dtype: Dtype) -> Result<()> {
+        #[cfg(feature = "nccl")]
+        if let Some(nccl) = &self.nccl {
+            // SAFETY: callers checked that input/output hold `len` elements
+            // on this rank's GPU and ordered them on its stream.
+            return unsafe { nccl.all_reduce_raw(rank, input, output, len, dtype) };
+        }
+        let _ = (rank, input, output, len, dtype);
+        Err(Error::Nccl("NCCL is not available to this communicator".into()))
+    }
+
+    /// Benchmark diagnostics: an all-rank call on the diagnostic two-step
+    /// kernel that skips `skip`'s phases' data work (the result is wrong;
+    /// timing it shows where a call's time goes). Two-step plans only.
+    #[cfg(feature = "diagnostics")]
+    pub fn all_reduce_skipping_phases<T: crate::HostElement>(
+        &self,
+        inputs: &[impl cudarc::driver::DevicePtr<T>],
+        outputs: &mut [impl cudarc::driver::DevicePtrMut<T>],
+        opts: &CallOptions,
+        skip: PhaseSkip,
+    ) -> Result<()> {
+        self.check_usable()?;
+        let world = self.world_size();
+        if inputs.len() != world || outputs.len() != world {
+            return Err(Error::BufferCount { world, got: inputs.len().min(outputs.len()) });
+        }
+        let len = inputs[0].len();
+        let plan = self.plan(len, T::DTYPE, opts)?;
+        if plan.twostep().is_none() {
+            return Err(Error::InvalidConfig(format!("phase diagnostics need a two-step plan, not {}", plan.label())));
+        }
+        let _one_call_at_a_time = lock(&self.issue_all);
+        for r in 0..world {
+            if inputs[r].len() != len || outputs[r].len() != len {
+                return Err(Error::LengthMismatch { rank: r, len: inputs[r].len(), expected: len });
+            }
+            let stream = &self.ranks[r].stream;
+            let (src, _read) = inputs[r].device_ptr(stream);
+            let (dst, _write) = outputs[r].device_ptr_mut(stream);
+            self.launch_rank_skipping(r, src, dst, len, T::DTYPE, plan, opts, Some(skip))?;
         }
         Ok(())
     }
 }
 
+/// The kernel key as one number for the tag.
+fn kernel_words(kernel: KernelId) -> u64 {
+    let wire = |w: Wire| w.bits() as u64;
+    match kernel {
+        KernelId::TwoStep { dtype, rs, ag } | KernelId::TwoStepDiagnostic { dtype, rs, ag } => (dtype as u64) << 16 | wire(rs) << 8 | wire(ag),
+        KernelId::OneShot(dtype) => 1 << 32 | dtype as u64,
+        _ => 0,
+    }
+}
+
 /// Messages of at least this many elements run in two pieces or more even
 /// when one would fit: the kernel overlaps one piece's gather with the next
-/// piece's stage (measured on 4x H200, W = 4, 64 MiB: two pieces 5% faster
-/// than one; pieces below ~16M elements lose more to per-piece barriers
-/// than they gain).
+/// piece's stage (two pieces measured faster than one at 64 MiB; pieces
+/// below ~16M elements lose more to per-piece barriers than they gain;
+/// docs/benchmarks.md).
 const PIPELINE_MIN_ELEMS: usize = 32 << 20;
 
-/// The piece length for a two-shot call of `len` elements when at most
+/// The piece length for a two-step call of `len` elements when at most
 /// `max_piece` (a multiple of 512) fit the staging buffers: as few pieces as
 /// possible (but two from [`PIPELINE_MIN_ELEMS`]), of equal length rounded up
 /// to a multiple of 512.

@@ -1,44 +1,48 @@
 //! The [`Communicator`]: one rank per GPU of this process, peer-mapped
 //! staging and flag memory, one stream per rank, and the all-reduce entry
-//! points (layer 6).
+//! points.
 //!
 //! # Ordering contract (as NCCL's)
 //! Every rank must issue the same sequence of collectives (same lengths,
-//! same configuration). Ranks that disagree are caught by the entry barrier's
-//! tag check ([`Error::CollectiveMismatch`]) or by the watchdog
-//! ([`Error::PeerTimeout`]); kernels report both through a device error word
-//! that [`Communicator::synchronize`] turns into a typed error.
+//! same configuration), each rank's calls in one order: from one thread at
+//! a time per rank (two threads issuing calls for one rank at once get
+//! [`Error::ConcurrentCall`]). The all-rank entry points issue every rank's
+//! launch as one unit, so any number of threads may call them. Ranks that
+//! disagree are caught by the entry barrier's tag check
+//! ([`Error::CollectiveMismatch`]) or by the watchdog ([`Error::PeerTimeout`]);
+//! kernels report both through a device error word that
+//! [`Communicator::synchronize`] turns into a typed error.
 //!
 //! # Streams
 //! Collectives run on the communicator's stream of each rank, so two
-//! collectives of one communicator never run concurrently (hazard H9). The
-//! `CudaSlice` entry points order themselves after earlier work on the
-//! buffers through cudarc's events; the raw entry point orders itself after
-//! the caller's stream and makes the caller's stream wait for it.
+//! collectives of one rank never run concurrently (docs/design.md H9). The
+//! `CudaSlice`/`CudaView` entry points order themselves after earlier work
+//! on the buffers through cudarc's events; the raw entry point orders itself
+//! after the caller's stream and makes the caller's stream wait for it.
 //!
 //! # Files
 //! This file: the types, the entry points and error handling; `setup.rs`:
 //! creation (contexts, peer access, buffers, residency); `launch.rs`: the
-//! kernel launches of one rank's call (arguments, pieces, grid);
+//! kernel launches of one rank's call (plan, arguments, pieces, grid);
 //! `tuning.rs`: the measured `Auto` thresholds.
 mod launch;
 mod setup;
 mod tuning;
 
-use crate::config::{Algorithm, Config, Quantization, Thresholds, Transport};
-use crate::device::PeerBuffer;
+pub use launch::Plan;
+
+use crate::config::{Algorithm, Config, Quantization, Thresholds};
 use crate::element::HostElement;
 use crate::error::{Error, Result};
-use crate::kernels::Kernel;
-use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
-use flashcomm_kernels::abi::{sync_area, CollectiveArgs, ErrorWord, MAX_WORLD};
+use crate::kernels::LoadedKernels;
+use crate::peer_buffer::PeerBuffer;
+use cudarc::driver::{sys, CudaContext, CudaStream, DevicePtr, DevicePtrMut};
+use flashcomm_kernels::abi::{sync_area, CollectiveArgs, ErrorWord, Transport, MAX_WORLD};
 use flashcomm_kernels::codec::Dtype;
+use flashcomm_kernels::entry::KernelId;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
-/// Group size the unquantized two-shot uses to cut shards (any multiple of
-/// 16 works; 256 keeps shards aligned for every quantized group size too).
-const RAW_SHARD_UNIT: usize = 256;
 /// Per-call overrides of the communicator's [`Config`].
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct CallOptions {
@@ -46,43 +50,15 @@ pub struct CallOptions {
     pub algorithm: Option<Algorithm>,
     /// Quantization for this call.
     pub quantization: Option<Quantization>,
-    /// Link direction of the two-shot phases for this call.
+    /// Link direction of the two-step phases for this call.
     pub transport: Option<Transport>,
-    /// Benchmark diagnostics only: `flashcomm_kernels::abi::Transport::DIAG_*`
-    /// bits that skip a phase's data work (the result is then wrong).
-    #[doc(hidden)]
-    pub diagnostic_skip: u32,
-}
-
-/// What one call runs, resolved from config, options and size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Plan {
-    /// Unquantized one-shot.
-    OneShot,
-    /// Two-shot with this quantization (`None` = unquantized two-shot).
-    TwoShot(Quantization),
-    /// NCCL's all-reduce (the fallback).
-    Nccl,
-}
-
-impl Plan {
-    /// The algorithm this plan runs.
-    pub fn algorithm(&self) -> Algorithm {
-        match self {
-            Plan::OneShot => Algorithm::OneShot,
-            Plan::TwoShot(Quantization::None) => Algorithm::TwoShot,
-            Plan::TwoShot(_) => Algorithm::Flash,
-            Plan::Nccl => Algorithm::Nccl,
-        }
-    }
 }
 
 struct Rank {
     device: usize,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    _module: Arc<CudaModule>,
-    functions: HashMap<Kernel, CudaFunction>,
+    kernels: LoadedKernels,
     /// This rank's kernel arguments with every per-communicator field filled
     /// in (peer pointers, rank, world, stride); a call sets the rest.
     args: CollectiveArgs,
@@ -92,7 +68,7 @@ struct Rank {
     /// `oneshot_stride` bytes apart), written by every rank.
     oneshot: PeerBuffer,
     sync: PeerBuffer,
-    /// Serialises launches on this rank (one host thread at a time).
+    /// Serialises this rank's launches: one call at a time, in one order.
     launch: Mutex<()>,
 }
 
@@ -104,7 +80,7 @@ pub struct Communicator {
     thresholds: Thresholds,
     /// Blocks every rank can keep resident at once, per kernel (the minimum
     /// over ranks, so every rank launches the same grid).
-    resident_blocks: HashMap<Kernel, u32>,
+    resident_blocks: HashMap<KernelId, u32>,
     /// Every rank's one-shot buffer, in rank order, and the bytes between
     /// its regions.
     oneshot_buffers: [u64; MAX_WORLD],
@@ -113,6 +89,9 @@ pub struct Communicator {
     oneshot_grid: u32,
     gpu_name: String,
     poisoned: Mutex<Option<String>>,
+    /// Held while an all-rank entry point issues every rank's launch, so two
+    /// threads' calls cannot interleave ranks.
+    issue_all: Mutex<()>,
     #[cfg(feature = "nccl")]
     nccl: Option<crate::nccl::NcclComms>,
 }
@@ -125,6 +104,12 @@ impl std::fmt::Debug for Communicator {
             .field("config", &self.config)
             .finish()
     }
+}
+
+/// A locked mutex whether or not an earlier holder panicked: the guarded
+/// data is `()` or an `Option<String>`, always valid.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Communicator {
@@ -179,43 +164,8 @@ impl Communicator {
         self.ranks.get(rank).ok_or(Error::NoSuchRank { rank, world: self.ranks.len() })
     }
 
-    /// The plan a call with `len` elements of `dtype` would run.
-    pub fn plan(&self, len: usize, dtype: Dtype, opts: &CallOptions) -> Result<Plan> {
-        let quant = opts.quantization.unwrap_or(self.config.quantization);
-        quant.validate()?;
-        let bytes = len * dtype.size();
-        Ok(match opts.algorithm.unwrap_or(self.config.algorithm) {
-            Algorithm::OneShot => Plan::OneShot,
-            Algorithm::TwoShot => Plan::TwoShot(Quantization::None),
-            Algorithm::Flash => {
-                if quant == Quantization::None {
-                    return Err(Error::InvalidConfig("Algorithm::Flash needs a Quantization::Int setting".into()));
-                }
-                Plan::TwoShot(quant)
-            }
-            Algorithm::Nccl => {
-                if !self.has_nccl() {
-                    return Err(Error::Nccl("NCCL is not available to this communicator (feature `nccl`, libnccl.so, Config::nccl_fallback)".into()));
-                }
-                Plan::Nccl
-            }
-            Algorithm::Auto => {
-                let t = &self.thresholds;
-                if bytes <= t.oneshot_max_bytes {
-                    Plan::OneShot
-                } else if quant != Quantization::None && bytes >= t.flash_min_bytes {
-                    Plan::TwoShot(quant)
-                } else if bytes >= t.nccl_min_bytes && self.has_nccl() {
-                    Plan::Nccl
-                } else {
-                    Plan::TwoShot(Quantization::None)
-                }
-            }
-        })
-    }
-
     fn check_usable(&self) -> Result<()> {
-        match &*self.poisoned.lock().unwrap() {
+        match &*lock(&self.poisoned) {
             Some(why) => Err(Error::Poisoned(why.clone())),
             None => Ok(()),
         }
@@ -223,15 +173,15 @@ impl Communicator {
 
     /// All-reduce `inputs[r]` into `outputs[r]` for every rank, from one call.
     /// Asynchronous: [`Communicator::synchronize`] waits and reports watchdog errors.
-    pub fn all_reduce<T: HostElement>(&self, inputs: &[CudaSlice<T>], outputs: &mut [CudaSlice<T>]) -> Result<()> {
+    pub fn all_reduce<T: HostElement>(&self, inputs: &[impl DevicePtr<T>], outputs: &mut [impl DevicePtrMut<T>]) -> Result<()> {
         self.all_reduce_with(inputs, outputs, &CallOptions::default())
     }
 
     /// [`Communicator::all_reduce`] with per-call options.
     pub fn all_reduce_with<T: HostElement>(
         &self,
-        inputs: &[CudaSlice<T>],
-        outputs: &mut [CudaSlice<T>],
+        inputs: &[impl DevicePtr<T>],
+        outputs: &mut [impl DevicePtrMut<T>],
         opts: &CallOptions,
     ) -> Result<()> {
         self.check_usable()?;
@@ -243,34 +193,28 @@ impl Communicator {
         }
         let len = inputs[0].len();
         for r in 0..world {
-            self.check_buffer(r, &inputs[r], len)?;
+            self.check_buffer(r, inputs[r].stream(), inputs[r].len(), len)?;
             if outputs[r].len() != inputs[r].len() {
                 return Err(Error::OutputLength { rank: r, input: inputs[r].len(), output: outputs[r].len() });
             }
-            self.check_buffer(r, &outputs[r], len)?;
+            self.check_buffer(r, outputs[r].stream(), outputs[r].len(), len)?;
         }
         let plan = self.plan(len, T::DTYPE, opts)?;
-        if len == 0 {
-            return Ok(());
-        }
-        self.one_thread_issues_all(plan, || {
-            for (r, (input, output)) in inputs.iter().zip(outputs.iter_mut()).enumerate() {
-                let stream = &self.ranks[r].stream;
-                let (src, _read) = input.device_ptr(stream);
-                let (dst, _write) = output.device_ptr_mut(stream);
-                self.launch_rank(r, src, dst, len, T::DTYPE, plan, opts)?;
-            }
-            Ok(())
+        self.issue_every_rank(plan, |r| {
+            let stream = &self.ranks[r].stream;
+            let (src, _read) = inputs[r].device_ptr(stream);
+            let (dst, _write) = outputs[r].device_ptr_mut(stream);
+            self.launch_rank(r, src, dst, len, T::DTYPE, plan, opts)
         })
     }
 
     /// In-place all-reduce of `buffers[r]` for every rank, from one call.
-    pub fn all_reduce_in_place<T: HostElement>(&self, buffers: &mut [CudaSlice<T>]) -> Result<()> {
+    pub fn all_reduce_in_place<T: HostElement>(&self, buffers: &mut [impl DevicePtrMut<T>]) -> Result<()> {
         self.all_reduce_in_place_with(buffers, &CallOptions::default())
     }
 
     /// [`Communicator::all_reduce_in_place`] with per-call options.
-    pub fn all_reduce_in_place_with<T: HostElement>(&self, buffers: &mut [CudaSlice<T>], opts: &CallOptions) -> Result<()> {
+    pub fn all_reduce_in_place_with<T: HostElement>(&self, buffers: &mut [impl DevicePtrMut<T>], opts: &CallOptions) -> Result<()> {
         self.check_usable()?;
         let world = self.world_size();
         if buffers.len() != world {
@@ -278,23 +222,18 @@ impl Communicator {
         }
         let len = buffers[0].len();
         for (r, b) in buffers.iter().enumerate() {
-            self.check_buffer(r, b, len)?;
+            self.check_buffer(r, b.stream(), b.len(), len)?;
         }
         let plan = self.plan(len, T::DTYPE, opts)?;
-        if len == 0 {
-            return Ok(());
-        }
-        self.one_thread_issues_all(plan, || {
-            for (r, buf) in buffers.iter_mut().enumerate() {
-                let (ptr, _write) = buf.device_ptr_mut(&self.ranks[r].stream);
-                self.launch_rank(r, ptr, ptr, len, T::DTYPE, plan, opts)?;
-            }
-            Ok(())
+        self.issue_every_rank(plan, |r| {
+            let (ptr, _write) = buffers[r].device_ptr_mut(&self.ranks[r].stream);
+            self.launch_rank(r, ptr, ptr, len, T::DTYPE, plan, opts)
         })
     }
 
     /// One rank's part of an all-reduce, for engines that drive each GPU from
-    /// its own thread. Every rank must make the matching call.
+    /// its own thread. Every rank must make the matching call, and each
+    /// rank's calls must come from one thread at a time (module docs).
     ///
     /// When the call may go to NCCL (`Algorithm::Nccl`, or `Auto` with
     /// `Config::nccl_fallback` at sizes from `Thresholds::nccl_min_bytes`),
@@ -304,36 +243,30 @@ impl Communicator {
     pub fn all_reduce_rank<T: HostElement>(
         &self,
         rank: usize,
-        input: &CudaSlice<T>,
-        output: &mut CudaSlice<T>,
+        input: &impl DevicePtr<T>,
+        output: &mut impl DevicePtrMut<T>,
         opts: &CallOptions,
     ) -> Result<()> {
         self.check_usable()?;
         let r = self.rank(rank)?;
-        self.check_buffer(rank, input, input.len())?;
+        self.check_buffer(rank, input.stream(), input.len(), input.len())?;
         if output.len() != input.len() {
             return Err(Error::OutputLength { rank, input: input.len(), output: output.len() });
         }
-        self.check_buffer(rank, output, input.len())?;
+        self.check_buffer(rank, output.stream(), output.len(), input.len())?;
         let plan = self.plan(input.len(), T::DTYPE, opts)?;
-        if input.is_empty() {
-            return Ok(());
-        }
         let (src, _read) = input.device_ptr(&r.stream);
         let (dst, _write) = output.device_ptr_mut(&r.stream);
         self.launch_rank(rank, src, dst, input.len(), T::DTYPE, plan, opts)
     }
 
     /// In-place variant of [`Communicator::all_reduce_rank`].
-    pub fn all_reduce_rank_in_place<T: HostElement>(&self, rank: usize, buffer: &mut CudaSlice<T>, opts: &CallOptions) -> Result<()> {
+    pub fn all_reduce_rank_in_place<T: HostElement>(&self, rank: usize, buffer: &mut impl DevicePtrMut<T>, opts: &CallOptions) -> Result<()> {
         self.check_usable()?;
         let r = self.rank(rank)?;
-        self.check_buffer(rank, buffer, buffer.len())?;
-        let plan = self.plan(buffer.len(), T::DTYPE, opts)?;
-        if buffer.is_empty() {
-            return Ok(());
-        }
         let len = buffer.len();
+        self.check_buffer(rank, buffer.stream(), len, len)?;
+        let plan = self.plan(len, T::DTYPE, opts)?;
         let (ptr, _write) = buffer.device_ptr_mut(&r.stream);
         self.launch_rank(rank, ptr, ptr, len, T::DTYPE, plan, opts)
     }
@@ -343,12 +276,20 @@ impl Communicator {
     /// rank `rank`, ordered after the work already queued on `stream`; `stream`
     /// then waits for the collective.
     ///
+    /// A call on a stream being captured into a CUDA graph is captured (each
+    /// rank's graph holds its kernels); every replay is a new call of every
+    /// rank, in each rank's one order. The graph refers to this
+    /// communicator's device memory: keep the communicator alive while the
+    /// graph may be replayed.
+    ///
     /// # Safety
     /// 1. `input` and `output` are device addresses on rank `rank`'s GPU with
     ///    `len` elements each, 16-byte aligned (checked), either identical or
     ///    non-overlapping (checked).
     /// 2. `stream` is a live stream of that GPU's primary context.
-    /// 3. The buffers stay allocated until the collective completes.
+    /// 3. The buffers stay allocated until the collective completes (every
+    ///    replay, for a captured call), and so does the communicator.
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn all_reduce_raw(
         &self,
         rank: usize,
@@ -361,21 +302,8 @@ impl Communicator {
     ) -> Result<()> {
         self.check_usable()?;
         let r = self.rank(rank)?;
-        for (what, ptr) in [("input", input), ("output", output)] {
-            if ptr % 16 != 0 {
-                return Err(Error::Misaligned { rank, what, ptr, align: 16 });
-            }
-        }
-        let bytes = (len * dtype.size()) as u64;
-        if input != output && input < output + bytes && output < input + bytes {
-            return Err(Error::InvalidConfig(format!(
-                "rank {rank}: input and output overlap without being identical"
-            )));
-        }
+        check_raw_buffers(rank, input, output, len, dtype)?;
         let plan = self.plan(len, dtype, opts)?;
-        if len == 0 {
-            return Ok(());
-        }
         r.ctx.bind_to_thread()?;
         // SAFETY: caller contract 2 (a live stream of this context).
         let user = unsafe { r.ctx.wrap_borrowed_stream(stream) };
@@ -385,30 +313,34 @@ impl Communicator {
         Ok(())
     }
 
-    /// Runs `f`, which issues every rank's call from this thread; NCCL needs
-    /// a group around such calls.
-    fn one_thread_issues_all(&self, plan: Plan, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    /// Issues `launch(rank)` for every rank, in rank order, while holding
+    /// the all-rank lock (two threads' calls cannot interleave ranks); inside
+    /// an NCCL group when the plan is NCCL (one thread issues every rank).
+    fn issue_every_rank(&self, plan: Plan, mut launch: impl FnMut(usize) -> Result<()>) -> Result<()> {
+        let _one_call_at_a_time = lock(&self.issue_all);
+        let mut all = || (0..self.world_size()).try_for_each(&mut launch);
         #[cfg(feature = "nccl")]
         if plan == Plan::Nccl {
-            return crate::nccl::NcclComms::group(f);
+            return crate::nccl::NcclComms::group(all);
         }
         let _ = plan;
-        f()
+        all()
     }
 
-    fn check_buffer<T>(&self, rank: usize, buf: &CudaSlice<T>, len: usize) -> Result<()> {
+    fn check_buffer(&self, rank: usize, stream: &CudaStream, len: usize, expected_len: usize) -> Result<()> {
         let expected = self.ranks[rank].device;
-        if buf.ordinal() != expected {
-            return Err(Error::WrongDevice { rank, found: buf.ordinal(), expected });
+        let found = stream.context().ordinal();
+        if found != expected {
+            return Err(Error::WrongDevice { rank, found, expected });
         }
-        if buf.len() != len {
-            return Err(Error::LengthMismatch { rank, len: buf.len(), expected: len });
+        if len != expected_len {
+            return Err(Error::LengthMismatch { rank, len, expected: expected_len });
         }
         Ok(())
     }
 
     /// Waits for every rank's queued collectives and reports the first
-    /// watchdog or mismatch error (which then poisons the communicator until
+    /// error (which then poisons the communicator until
     /// [`Communicator::recover`]).
     pub fn synchronize(&self) -> Result<()> {
         let mut first = None;
@@ -425,41 +357,63 @@ impl Communicator {
         let r = self.rank(rank)?;
         r.stream.synchronize()?;
         let mut word = [0u32];
-        r.sync.read_words(sync_area::ERROR, &mut word)?;
+        r.sync.read_words(&r.stream, sync_area::ERROR, &mut word)?;
         let err = ErrorWord(word[0]);
+        let (peer, block) = (err.peer() as usize, err.block() as usize);
         let error = match err.kind() {
             0 => return Ok(()),
-            ErrorWord::KIND_MISMATCH => {
-                Error::CollectiveMismatch { rank, peer: err.peer() as usize, block: err.block() as usize }
-            }
-            _ => Error::PeerTimeout {
-                rank,
-                peer: err.peer() as usize,
-                phase: if err.phase() == 0 { "entry" } else { "second" },
-                block: err.block() as usize,
-            },
+            ErrorWord::KIND_MISMATCH => Error::CollectiveMismatch { rank, peer, block },
+            _ => Error::PeerTimeout { rank, peer, phase: if err.phase() == 0 { "entry" } else { "second" }, block },
         };
-        self.poisoned.lock().unwrap().get_or_insert_with(|| error.to_string());
+        lock(&self.poisoned).get_or_insert_with(|| error.to_string());
         Err(error)
     }
 
     /// Makes the communicator usable again after a watchdog or mismatch
-    /// error: waits for every rank's stream, then resets every rank's flags,
-    /// tags, epochs and error word (no kernel runs then, so no peer can race
-    /// the reset; every rank's launch lock is held throughout, so no other
-    /// thread queues one meanwhile). Calls captured in CUDA graphs must not
-    /// be replayed concurrently.
+    /// error: holds every launch lock (no thread queues a call meanwhile),
+    /// waits for every rank's stream, then resets every rank's flags, tags,
+    /// epochs and error word on that rank's own stream and waits for the
+    /// resets (no kernel runs then, so no peer can race them). Calls
+    /// captured in CUDA graphs must not be replayed concurrently.
     pub fn recover(&self) -> Result<()> {
-        let _no_launches: Vec<_> = self.ranks.iter().map(|r| r.launch.lock().unwrap()).collect();
+        let _no_all_rank_calls = lock(&self.issue_all);
+        let _no_launches: Vec<_> = self.ranks.iter().map(|r| lock(&r.launch)).collect();
         for r in &self.ranks {
             r.stream.synchronize()?;
         }
         for r in &self.ranks {
-            r.sync.zero()?;
+            r.sync.zero(&r.stream)?;
         }
-        *self.poisoned.lock().unwrap() = None;
+        *lock(&self.poisoned) = None;
         Ok(())
     }
+
+    /// This rank's launch lock; another thread holding it is a second call
+    /// order for one rank, refused (module docs).
+    fn launch_lock(&self, rank: usize) -> Result<MutexGuard<'_, ()>> {
+        match self.ranks[rank].launch.try_lock() {
+            Ok(guard) => Ok(guard),
+            Err(TryLockError::Poisoned(p)) => Ok(p.into_inner()),
+            Err(TryLockError::WouldBlock) => Err(Error::ConcurrentCall { rank }),
+        }
+    }
+}
+
+/// Checks of the raw entry point's pointers: alignment, address arithmetic,
+/// overlap.
+fn check_raw_buffers(rank: usize, input: u64, output: u64, len: usize, dtype: Dtype) -> Result<()> {
+    for (what, ptr) in [("input", input), ("output", output)] {
+        if ptr % 16 != 0 {
+            return Err(Error::Misaligned { rank, what, ptr, align: 16 });
+        }
+    }
+    let bytes = len.checked_mul(dtype.size()).ok_or(Error::Overflow { what: "the message size in bytes" })? as u64;
+    let input_end = input.checked_add(bytes).ok_or(Error::Overflow { what: "the input's address range" })?;
+    let output_end = output.checked_add(bytes).ok_or(Error::Overflow { what: "the output's address range" })?;
+    if input != output && input < output_end && output < input_end {
+        return Err(Error::Overlap { rank });
+    }
+    Ok(())
 }
 
 impl Drop for Communicator {
@@ -471,4 +425,3 @@ impl Drop for Communicator {
         }
     }
 }
-

@@ -17,9 +17,20 @@ pub enum Dtype {
 }
 
 impl Dtype {
+    /// Every element type.
+    pub const ALL: [Dtype; 2] = [Dtype::Bf16, Dtype::F16];
+
     /// Bytes per element.
     pub const fn size(self) -> usize {
         2
+    }
+
+    /// The type's name in kernel names: `bf16`, `f16`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Dtype::Bf16 => "bf16",
+            Dtype::F16 => "f16",
+        }
     }
 }
 

@@ -16,43 +16,56 @@
 //! [`PackedChunk`](super::PackedChunk) for the bit order); group `g`'s
 //! parameters sit at `params_offset() + 8g`. All numbers are little-endian.
 //!
-//! With `bits == 16` the blob is the shard's raw f16/bf16 elements (the
-//! unquantized algorithm), no parameters, permuted per warp so that each
+//! With [`Wire::Plain`] the blob is the shard's f16/bf16 elements (the
+//! unquantized two-shot), no parameters, permuted per warp so that each
 //! 16-byte store instruction of a warp covers one contiguous 512-byte run
 //! (half-line writes are expensive over NVLink): chunk `c`'s elements 0..8
 //! sit at element `(c & !31) * 16 + (c & 31) * 8` and its elements 8..16 at
-//! that + 256 ([`raw_chunk_offsets`]); the slots are rounded up to 512.
+//! that + 256 ([`plain_chunk_offsets`]); the slots are rounded up to 512.
+//! A plain shard is cut in units of [`PLAIN_SHARD_UNIT`] elements instead of groups.
+use super::wire::{Bits, Wire};
 
 /// Elements per GPU thread and per packing unit.
 pub const CHUNK: usize = 16;
 
-/// Supported group sizes.
-pub const GROUP_SIZES: [u32; 4] = [32, 64, 128, 256];
-
-/// Code widths, and 16 for "raw elements, unquantized".
-pub const BIT_WIDTHS: [u32; 3] = [4, 6, 8];
-
-/// Elements one warp's chunks cover (32 lanes x 16): the unit of the raw
+/// Elements one warp's chunks cover (32 lanes x 16): the unit of the plain
 /// permutation.
-pub const RAW_WARP_ELEMS: usize = 32 * CHUNK;
+pub const PLAIN_WARP_ELEMS: usize = 32 * CHUNK;
+
+/// The unit plain (unquantized) shards are cut in, where quantized shards
+/// use the group: any multiple of [`CHUNK`] works; 256 keeps shard
+/// boundaries aligned for every group size too.
+pub const PLAIN_SHARD_UNIT: usize = 256;
 
 /// Element offsets of chunk `c`'s two halves (elements 0..8 and 8..16) in a
-/// raw blob (see the [module docs](self)).
+/// plain blob (see the [module docs](self)).
 #[inline(always)]
-pub const fn raw_chunk_offsets(c: usize) -> (usize, usize) {
+pub const fn plain_chunk_offsets(c: usize) -> (usize, usize) {
     let first = (c & !31) * CHUNK + (c & 31) * 8;
-    (first, first + RAW_WARP_ELEMS / 2)
+    (first, first + PLAIN_WARP_ELEMS / 2)
+}
+
+/// Bits per code in the primary and the secondary plane of a format (the
+/// bit split of FlashCommunication V2: planes of hardware-friendly widths).
+#[inline(always)]
+pub const fn plane_bits(wire: Wire) -> (u32, u32) {
+    match wire {
+        Wire::Plain => (16, 0),
+        Wire::Quantized(Bits::B8) => (8, 0),
+        Wire::Quantized(Bits::B6) => (4, 2),
+        Wire::Quantized(Bits::B4) => (4, 0),
+    }
 }
 
 /// Layout of one shard blob; see the [module docs](self).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShardLayout {
-    /// Groups in the shard.
+    /// Groups (units, for plain blobs) in the shard.
     pub groups: usize,
-    /// Elements per group.
+    /// Elements per group (per unit, for plain blobs).
     pub group_size: usize,
-    /// 4, 6 or 8; or 16 for raw elements.
-    pub bits: u32,
+    /// The format.
+    pub wire: Wire,
 }
 
 #[inline(always)]
@@ -61,20 +74,16 @@ const fn round16(x: usize) -> usize {
 }
 
 impl ShardLayout {
-    /// Layout for `groups` groups of `group_size` elements at `bits` bits.
+    /// Layout for `groups` groups of `group_size` elements in format `wire`.
     #[inline(always)]
-    pub const fn new(groups: usize, group_size: usize, bits: u32) -> Self {
-        Self { groups, group_size, bits }
+    pub const fn new(groups: usize, group_size: usize, wire: Wire) -> Self {
+        Self { groups, group_size, wire }
     }
 
     /// Bits per element in the primary plane.
     #[inline(always)]
     pub const fn primary_bits(&self) -> usize {
-        match self.bits {
-            16 => 16,
-            8 => 8,
-            _ => 4,
-        }
+        plane_bits(self.wire).0 as usize
     }
 
     /// Bytes of one chunk in the primary plane (32, 16 or 8).
@@ -92,8 +101,8 @@ impl ShardLayout {
     /// Size of the primary plane.
     #[inline(always)]
     pub const fn primary_bytes(&self) -> usize {
-        if self.bits == 16 {
-            return self.slots().next_multiple_of(RAW_WARP_ELEMS) * 2;
+        if !self.wire.is_quantized() {
+            return self.slots().next_multiple_of(PLAIN_WARP_ELEMS) * 2;
         }
         round16(self.slots() * self.primary_bits() / 8)
     }
@@ -104,14 +113,10 @@ impl ShardLayout {
         self.primary_bytes()
     }
 
-    /// Size of the secondary plane (0 unless INT6).
+    /// Size of the secondary plane (0 for single-plane formats).
     #[inline(always)]
     pub const fn secondary_bytes(&self) -> usize {
-        if self.bits == 6 {
-            round16(self.slots() / 4)
-        } else {
-            0
-        }
+        round16(self.slots() * plane_bits(self.wire).1 as usize / 8)
     }
 
     /// Start of the per-group parameters.
@@ -120,13 +125,13 @@ impl ShardLayout {
         self.secondary_offset() + self.secondary_bytes()
     }
 
-    /// Size of the parameter region (0 for raw elements).
+    /// Size of the parameter region (0 for plain blobs).
     #[inline(always)]
     pub const fn params_bytes(&self) -> usize {
-        if self.bits == 16 {
-            0
-        } else {
+        if self.wire.is_quantized() {
             round16(self.groups * 8)
+        } else {
+            0
         }
     }
 
@@ -138,11 +143,11 @@ impl ShardLayout {
 
     /// Bytes per element, parameters included, for a full group (for
     /// sizing and for bandwidth accounting).
-    pub fn bytes_per_element(bits: u32, group_size: usize) -> f64 {
-        if bits == 16 {
-            2.0
+    pub fn bytes_per_element(wire: Wire, group_size: usize) -> f64 {
+        if wire.is_quantized() {
+            wire.bits() as f64 / 8.0 + 8.0 / group_size as f64
         } else {
-            bits as f64 / 8.0 + 8.0 / group_size as f64
+            2.0
         }
     }
 }

@@ -9,9 +9,9 @@
 //! are IEEE on both sides, and no flush-to-zero is used anywhere.
 //!
 //! # Numerics
-//! A *group* is `G` consecutive elements (G = 32, 64, 128 or 256) of the
-//! flattened message; the last group may be short. Per group, with `b` bits
-//! and `L = 2^b - 1` levels:
+//! A *group* is `G` consecutive elements ([`GroupSize`]: 32, 64, 128 or 256)
+//! of the flattened message; the last group may be short. Per group, with a
+//! [`Wire`] format of `b` bits and `L = 2^b - 1` levels:
 //! - `mn`, `mx` = NaN-propagating min / max of the group (in f32);
 //! - `center = (0.5*mn + 0.5*mx) + 0.0` and `half_step = (0.5*mx - 0.5*mn) / L`.
 //!   Halving before adding keeps every intermediate finite for any finite
@@ -34,8 +34,10 @@ pub mod float;
 pub mod layout;
 pub mod pack;
 pub mod quant;
+pub mod wire;
 
 pub use float::{Bf16, Dtype, Element, F16};
-pub use layout::{ShardLayout, CHUNK, GROUP_SIZES};
+pub use layout::{ShardLayout, CHUNK};
 pub use pack::PackedChunk;
 pub use quant::{levels, Encoder, GroupParams};
+pub use wire::{Bits, GroupSize, Wire, WireKind};

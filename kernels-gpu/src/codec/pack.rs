@@ -10,6 +10,7 @@
 //! INT6 is "bit split" (FlashCommunication V2): a 4-bit plane and a 2-bit plane,
 //! both naturally aligned, instead of codes straddling bytes.
 use super::layout::CHUNK;
+use super::wire::{Bits, Wire};
 
 /// The packed codes of one chunk. Unused words are zero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -21,11 +22,11 @@ pub struct PackedChunk {
 }
 
 impl PackedChunk {
-    /// Packs 16 codes of `bits` bits each (8, 6 or 4; codes must fit).
+    /// Packs 16 codes of a quantized format (codes must fit its width).
     #[inline(always)]
-    pub fn pack(codes: &[u32; CHUNK], bits: u32) -> Self {
+    pub fn pack(codes: &[u32; CHUNK], wire: Wire) -> Self {
         let mut out = Self::default();
-        if bits == 8 {
+        if matches!(wire, Wire::Quantized(Bits::B8)) {
             for w in 0..4 {
                 out.primary[w] = codes[4 * w]
                     | codes[4 * w + 1] << 8
@@ -40,7 +41,7 @@ impl PackedChunk {
                 }
                 out.primary[w] = word;
             }
-            if bits == 6 {
+            if matches!(wire, Wire::Quantized(Bits::B6)) {
                 let mut word = 0;
                 for (i, &c) in codes.iter().enumerate() {
                     word |= (c >> 4) << (2 * i);
@@ -54,7 +55,7 @@ impl PackedChunk {
     /// Clears the codes of elements `valid..16` (unused slots hold code 0),
     /// as if only the first `valid` codes had been packed.
     #[inline(always)]
-    pub fn keep_first(&mut self, valid: usize, bits: u32) {
+    pub fn keep_first(&mut self, valid: usize, wire: Wire) {
         // Codes `first..first + per_word` of a word, each `width` bits wide.
         let mask = |first: usize, per_word: usize, width: usize| -> u32 {
             if valid >= first + per_word {
@@ -65,7 +66,7 @@ impl PackedChunk {
                 (1u32 << ((valid - first) * width)) - 1
             }
         };
-        if bits == 8 {
+        if matches!(wire, Wire::Quantized(Bits::B8)) {
             for w in 0..4 {
                 self.primary[w] &= mask(4 * w, 4, 8);
             }
@@ -73,17 +74,17 @@ impl PackedChunk {
             for w in 0..2 {
                 self.primary[w] &= mask(8 * w, 8, 4);
             }
-            if bits == 6 {
+            if matches!(wire, Wire::Quantized(Bits::B6)) {
                 self.secondary &= mask(0, 16, 2);
             }
         }
     }
 
-    /// The 16 codes packed in `self` with `bits` bits each.
+    /// The 16 codes packed in `self` in format `wire`.
     #[inline(always)]
-    pub fn unpack(&self, bits: u32) -> [u32; CHUNK] {
+    pub fn unpack(&self, wire: Wire) -> [u32; CHUNK] {
         let mut codes = [0u32; CHUNK];
-        if bits == 8 {
+        if matches!(wire, Wire::Quantized(Bits::B8)) {
             for (i, c) in codes.iter_mut().enumerate() {
                 *c = (self.primary[i / 4] >> (8 * (i % 4))) & 0xFF;
             }
@@ -91,7 +92,7 @@ impl PackedChunk {
             for (i, c) in codes.iter_mut().enumerate() {
                 *c = (self.primary[i / 8] >> (4 * (i % 8))) & 0xF;
             }
-            if bits == 6 {
+            if matches!(wire, Wire::Quantized(Bits::B6)) {
                 for (i, c) in codes.iter_mut().enumerate() {
                     *c |= ((self.secondary >> (2 * i)) & 0x3) << 4;
                 }

@@ -61,8 +61,9 @@ impl GroupParams {
 }
 
 /// The NaN-propagating minimum used for group statistics (`min.NaN.f32` on
-/// the GPU, IEEE 754-2019 `minimum` on the host). Whether a +0/-0 pair gives
-/// +0 or -0 does not matter: the parameters come out the same either way.
+/// the GPU): NaN if either operand is NaN, else the smaller. Whether a +0/-0
+/// pair gives +0 or -0 does not matter: the parameters come out the same
+/// either way.
 #[inline(always)]
 pub fn nan_min(a: f32, b: f32) -> f32 {
     #[cfg(target_arch = "nvptx64")]
@@ -71,7 +72,13 @@ pub fn nan_min(a: f32, b: f32) -> f32 {
     }
     #[cfg(not(target_arch = "nvptx64"))]
     {
-        a.minimum(b)
+        if a.is_nan() || b.is_nan() {
+            f32::NAN
+        } else if b < a {
+            b
+        } else {
+            a
+        }
     }
 }
 
@@ -84,7 +91,13 @@ pub fn nan_max(a: f32, b: f32) -> f32 {
     }
     #[cfg(not(target_arch = "nvptx64"))]
     {
-        a.maximum(b)
+        if a.is_nan() || b.is_nan() {
+            f32::NAN
+        } else if b > a {
+            b
+        } else {
+            a
+        }
     }
 }
 

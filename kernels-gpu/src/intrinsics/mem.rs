@@ -5,7 +5,7 @@
 //! a *generic* pointer to global memory (what `cuMemAlloc` returns) and
 //! converts it with `cvta.to.global` first.
 //!
-//! Caching rules for data a peer GPU writes while a kernel runs (shared rules
+//! Caching rules for data a peer GPU writes while a kernel runs (docs/design.md rules
 //! 3): such data is read only after an acquire on its flag, and with `.cg`
 //! (cache at L2, bypass L1) so no stale L1 line survives from an earlier call.
 //! Non-coherent loads (`ld.global.nc`) are never used on peer-written memory.
@@ -206,7 +206,7 @@ pub unsafe fn ld_acquire_sys_u32(p: *const u32) -> u32 {
 ///
 /// # Safety
 /// `p` must point to a 4-byte aligned global `u32` (local or peer-mapped) with
-/// exactly one writer (hazard H1).
+/// exactly one writer (docs/design.md H1).
 #[inline(always)]
 pub unsafe fn st_release_sys_u32(p: *mut u32, v: u32) {
     // SAFETY: the caller guarantees a valid, aligned, single-writer address.

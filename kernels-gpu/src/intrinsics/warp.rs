@@ -3,7 +3,7 @@
 //!
 //! All shuffles here use the full mask: every lane of the warp must execute
 //! them together. flashcomm only calls them in warp-uniform code (never inside
-//! a divergent flag wait, hazard H13).
+//! a divergent flag wait, docs/design.md H13).
 
 #[allow(improper_ctypes)]
 extern "C" {

@@ -1,9 +1,9 @@
 //! The cross-GPU barrier between same-index blocks of every rank, with the
-//! watchdog (shared rules 1-6), in two halves so a block can do independent
+//! watchdog (docs/design.md R1-R6), in two halves so a block can do independent
 //! work between announcing its arrival and waiting for its peers.
 //!
 //! Protocol for block `b`, phase `k`, epoch `e` (kept in device memory,
-//! hazard H6; the two-shot kernel uses one epoch per piece):
+//! docs/design.md H6; the two-step kernel uses one epoch per piece):
 //! 1. [`signal_peers`]: `bar.sync` (the block's earlier writes are done),
 //!    then thread `t < world` signals peer `t`: at `Staged` it first stores
 //!    this call's tag into `tags[e & 1][b][me]` of peer `t`, then
@@ -20,7 +20,7 @@
 //! "Or later" (wrapping comparison): a peer may signal `e + 1` before this
 //! block has seen `e`: the one-shot crosses one barrier per call, so a peer
 //! that passed it can finish the call and signal the next one's `Staged`
-//! while this block still polls (the two-shot's alternating phases would
+//! while this block still polls (the two-step's alternating phases would
 //! allow equality). It cannot signal `e + 2`, which needs this block's
 //! signal of `e + 1`; hence two tag slots by epoch parity. Epochs only grow
 //! until `Communicator::recover` zeroes them.

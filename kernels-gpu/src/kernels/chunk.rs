@@ -7,8 +7,8 @@
 //! the whole chunk array to local memory (seen in the PTX).
 use crate::abi::MAX_WORLD;
 use crate::codec::quant::{nan_max, nan_min};
-use crate::codec::layout::raw_chunk_offsets;
-use crate::codec::{Element, Encoder, GroupParams, PackedChunk, ShardLayout, CHUNK};
+use crate::codec::layout::{plain_chunk_offsets, plane_bits};
+use crate::codec::{Element, Encoder, GroupParams, PackedChunk, ShardLayout, WireKind, CHUNK};
 use crate::intrinsics::mem::*;
 use crate::intrinsics::thread::{lane_id, select_eq_u64};
 use crate::intrinsics::warp::shfl_xor_f32;
@@ -204,9 +204,9 @@ unsafe fn group_min_max(x: &[f32; CHUNK], valid: usize, lanes_per_group: u32) ->
 /// [`decode_chunk`].
 #[derive(Clone, Copy, Default)]
 pub struct WireChunk {
-    /// Raw elements (8 words) or the primary code plane (4 or 2 words).
+    /// Plain elements (8 words) or the primary code plane (4 or 2 words).
     words: [u32; 8],
-    /// INT6 secondary plane.
+    /// The secondary code plane (two-plane formats).
     secondary: u32,
     /// The group's `[center, half_step]` bits.
     params: [u32; 2],
@@ -214,15 +214,15 @@ pub struct WireChunk {
     leader: bool,
 }
 
-/// Encodes one chunk: quantized with `BITS` bits (parameters from the
-/// group's min/max over valid elements), or raw elements when `BITS == 16`.
+/// Encodes one chunk in format `W`: quantized (parameters from the group's
+/// min/max over valid elements), or the plain elements.
 ///
 /// # Safety
 /// All 32 lanes of the warp call this together (shuffles inside).
 #[inline(always)]
-pub unsafe fn encode_chunk<E: Element, const BITS: u32>(x: &[f32; CHUNK], pos: ChunkPos, group_shift: u32) -> WireChunk {
+pub unsafe fn encode_chunk<E: Element, W: WireKind>(x: &[f32; CHUNK], pos: ChunkPos, group_shift: u32) -> WireChunk {
     let mut w = WireChunk::default();
-    if BITS == 16 {
+    if !W::WIRE.is_quantized() {
         unroll!(i in 8 => {
             w.words[i] = E::from_f32(x[2 * i]) as u32 | (E::from_f32(x[2 * i + 1]) as u32) << 16;
         });
@@ -231,8 +231,8 @@ pub unsafe fn encode_chunk<E: Element, const BITS: u32>(x: &[f32; CHUNK], pos: C
     let lanes_per_group = 1u32 << (group_shift - 4);
     // SAFETY: the caller guarantees a converged warp.
     let (mn, mx) = unsafe { group_min_max(x, pos.valid, lanes_per_group) };
-    let params = GroupParams::from_min_max(mn, mx, BITS);
-    let encoder = Encoder::new(params, BITS);
+    let params = GroupParams::from_min_max(mn, mx, W::WIRE.bits());
+    let encoder = Encoder::new(params, W::WIRE.bits());
     // Every element is encoded, whatever the missing ones hold (the encoder
     // is plain arithmetic and clamps), then the codes past `valid` are
     // cleared in the packed words: per-chunk masking instead of a branch
@@ -241,9 +241,9 @@ pub unsafe fn encode_chunk<E: Element, const BITS: u32>(x: &[f32; CHUNK], pos: C
     unroll!(i in 16 => {
         codes[i] = encoder.encode(x[i]);
     });
-    let mut packed = PackedChunk::pack(&codes, BITS);
+    let mut packed = PackedChunk::pack(&codes, W::WIRE);
     if pos.valid < CHUNK {
-        packed.keep_first(pos.valid, BITS);
+        packed.keep_first(pos.valid, W::WIRE);
     }
     w.words[..4].copy_from_slice(&packed.primary);
     w.secondary = packed.secondary;
@@ -258,21 +258,21 @@ pub unsafe fn encode_chunk<E: Element, const BITS: u32>(x: &[f32; CHUNK], pos: C
 /// `blob` is a blob of `layout` whose chunk `pos.index` (and group
 /// parameters, for the leader) this thread may write; `pos.in_slots` holds.
 #[inline(always)]
-pub unsafe fn store_chunk<const BITS: u32>(blob: *mut u8, layout: &ShardLayout, pos: ChunkPos, w: &WireChunk, group_shift: u32) {
+pub unsafe fn store_chunk<W: WireKind>(blob: *mut u8, layout: &ShardLayout, pos: ChunkPos, w: &WireChunk, group_shift: u32) {
     // SAFETY: the caller guarantees the chunk lies in the blob's slots.
     unsafe {
-        if BITS == 16 {
-            let (first, second) = raw_chunk_offsets(pos.index);
+        if !W::WIRE.is_quantized() {
+            let (first, second) = plain_chunk_offsets(pos.index);
             st_global_v4(blob.add(2 * first) as *mut [u32; 4], [w.words[0], w.words[1], w.words[2], w.words[3]]);
             st_global_v4(blob.add(2 * second) as *mut [u32; 4], [w.words[4], w.words[5], w.words[6], w.words[7]]);
             return;
         }
         let primary = blob.add(pos.index * layout.primary_chunk_bytes());
-        if BITS == 8 {
+        if plane_bits(W::WIRE).0 == 8 {
             st_global_v4(primary as *mut [u32; 4], [w.words[0], w.words[1], w.words[2], w.words[3]]);
         } else {
             st_global_v2(primary as *mut [u32; 2], [w.words[0], w.words[1]]);
-            if BITS == 6 {
+            if plane_bits(W::WIRE).1 == 2 {
                 st_global_u32(blob.add(layout.secondary_offset() + pos.index * 4) as *mut u32, w.secondary);
             }
         }
@@ -290,12 +290,12 @@ pub unsafe fn store_chunk<const BITS: u32>(blob: *mut u8, layout: &ShardLayout, 
 /// `blob` is a blob of `layout` whose chunk `index` was written and published
 /// (release/acquire) before this call, and `index` is inside its slots.
 #[inline(always)]
-pub unsafe fn fetch_chunk<const BITS: u32>(blob: *const u8, index: usize, layout: &ShardLayout, group_shift: u32) -> WireChunk {
+pub unsafe fn fetch_chunk<W: WireKind>(blob: *const u8, index: usize, layout: &ShardLayout, group_shift: u32) -> WireChunk {
     let mut f = WireChunk::default();
     // SAFETY: the caller guarantees the blob holds chunk `index`.
     unsafe {
-        if BITS == 16 {
-            let (first, second) = raw_chunk_offsets(index);
+        if !W::WIRE.is_quantized() {
+            let (first, second) = plain_chunk_offsets(index);
             let a = ld_global_cg_v4(blob.add(2 * first) as *const [u32; 4]);
             let b = ld_global_cg_v4(blob.add(2 * second) as *const [u32; 4]);
             f.words = [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]];
@@ -304,14 +304,14 @@ pub unsafe fn fetch_chunk<const BITS: u32>(blob: *const u8, index: usize, layout
         let primary = blob.add(index * layout.primary_chunk_bytes());
         let group = (index * CHUNK) >> group_shift;
         f.params = ld_global_cg_v2(blob.add(layout.params_offset() + group * 8) as *const [u32; 2]);
-        if BITS == 8 {
+        if plane_bits(W::WIRE).0 == 8 {
             let w = ld_global_cg_v4(primary as *const [u32; 4]);
             f.words[..4].copy_from_slice(&w);
         } else {
             let w = ld_global_cg_v2(primary as *const [u32; 2]);
             f.words[0] = w[0];
             f.words[1] = w[1];
-            if BITS == 6 {
+            if plane_bits(W::WIRE).1 == 2 {
                 f.secondary = ld_global_cg_u32(blob.add(layout.secondary_offset() + index * 4) as *const u32);
             }
         }
@@ -321,17 +321,17 @@ pub unsafe fn fetch_chunk<const BITS: u32>(blob: *const u8, index: usize, layout
 
 /// Decodes a wire chunk to f32.
 #[inline(always)]
-pub fn decode_chunk<E: Element, const BITS: u32>(f: &WireChunk) -> [f32; CHUNK] {
+pub fn decode_chunk<E: Element, W: WireKind>(f: &WireChunk) -> [f32; CHUNK] {
     let mut x = [0.0f32; CHUNK];
-    if BITS == 16 {
+    if !W::WIRE.is_quantized() {
         unpack_pairs::<E>(&f.words, &mut x);
         return x;
     }
     let params = GroupParams { center: f32::from_bits(f.params[0]), half_step: f32::from_bits(f.params[1]) };
     let packed = PackedChunk { primary: [f.words[0], f.words[1], f.words[2], f.words[3]], secondary: f.secondary };
-    let codes = packed.unpack(BITS);
+    let codes = packed.unpack(W::WIRE);
     unroll!(i in 16 => {
-        x[i] = params.decode(codes[i], BITS);
+        x[i] = params.decode(codes[i], W::WIRE.bits());
     });
     x
 }
@@ -346,7 +346,7 @@ pub fn decode_chunk<E: Element, const BITS: u32>(f: &WireChunk) -> [f32; CHUNK] 
 /// # Safety
 /// As [`fetch_chunk`] for every rank's blob.
 #[inline(always)]
-pub unsafe fn sum_over_ranks<E: Element, const BITS: u32>(
+pub unsafe fn sum_over_ranks<E: Element, W: WireKind>(
     blob_of: impl Fn(usize) -> *const u8,
     world: usize,
     index: usize,
@@ -362,12 +362,12 @@ pub unsafe fn sum_over_ranks<E: Element, const BITS: u32>(
         unroll!(k in 4 => {
             if base + k < world {
                 // SAFETY: forwarded caller contract.
-                fetched[k] = unsafe { fetch_chunk::<BITS>(blob_of(base + k), index, layout, group_shift) };
+                fetched[k] = unsafe { fetch_chunk::<W>(blob_of(base + k), index, layout, group_shift) };
             }
         });
         unroll!(k in 4 => {
             if base + k < world {
-                let part = decode_chunk::<E, BITS>(&fetched[k]);
+                let part = decode_chunk::<E, W>(&fetched[k]);
                 // The sum starts from rank 0's value (not 0.0 + value: -0 stays -0).
                 if base + k == 0 {
                     acc = part;

@@ -3,12 +3,13 @@
 //! bit for bit against the host codec (the foundation's GPU test).
 use super::chunk::{decode_chunk, encode_chunk, fetch_chunk, load_elements, store_chunk, store_elements, ChunkPos};
 use crate::abi::THREADS;
-use crate::codec::{Bf16, Element, ShardLayout, CHUNK, F16};
+use crate::codec::wire::kind;
+use crate::codec::{Bf16, Element, ShardLayout, WireKind, CHUNK, F16};
 use crate::intrinsics::thread::{block_idx, grid_dim, thread_idx};
 
 #[inline(always)]
-unsafe fn quantize<E: Element, const BITS: u32>(input: *const u16, len: usize, group_size: u32, blob: *mut u8) {
-    let layout = ShardLayout::new(len.div_ceil(group_size as usize), group_size as usize, BITS);
+unsafe fn quantize<E: Element, W: WireKind>(input: *const u16, len: usize, group_size: u32, blob: *mut u8) {
+    let layout = ShardLayout::new(len.div_ceil(group_size as usize), group_size as usize, W::WIRE);
     let tiles = layout.slots().div_ceil(THREADS as usize * CHUNK);
     let mut t = block_idx() as usize;
     while t < tiles {
@@ -16,9 +17,9 @@ unsafe fn quantize<E: Element, const BITS: u32>(input: *const u16, len: usize, g
         // SAFETY: caller contract: `len` input elements, a blob of `layout`.
         unsafe {
             let x = load_elements::<E>(input.add(pos.index * CHUNK), pos.valid);
-            let wire = encode_chunk::<E, BITS>(&x, pos, group_size.trailing_zeros());
+            let wire = encode_chunk::<E, W>(&x, pos, group_size.trailing_zeros());
             if pos.in_slots {
-                store_chunk::<BITS>(blob, &layout, pos, &wire, group_size.trailing_zeros());
+                store_chunk::<W>(blob, &layout, pos, &wire, group_size.trailing_zeros());
             }
         }
         t += grid_dim() as usize;
@@ -26,8 +27,8 @@ unsafe fn quantize<E: Element, const BITS: u32>(input: *const u16, len: usize, g
 }
 
 #[inline(always)]
-unsafe fn dequantize<E: Element, const BITS: u32>(blob: *const u8, len: usize, group_size: u32, output: *mut u16) {
-    let layout = ShardLayout::new(len.div_ceil(group_size as usize), group_size as usize, BITS);
+unsafe fn dequantize<E: Element, W: WireKind>(blob: *const u8, len: usize, group_size: u32, output: *mut u16) {
+    let layout = ShardLayout::new(len.div_ceil(group_size as usize), group_size as usize, W::WIRE);
     let tiles = layout.slots().div_ceil(THREADS as usize * CHUNK);
     let mut t = block_idx() as usize;
     while t < tiles {
@@ -35,7 +36,7 @@ unsafe fn dequantize<E: Element, const BITS: u32>(blob: *const u8, len: usize, g
         if pos.valid > 0 {
             // SAFETY: caller contract: a blob of `layout`, `len` output elements.
             unsafe {
-                let x = decode_chunk::<E, BITS>(&fetch_chunk::<BITS>(blob, pos.index, &layout, group_size.trailing_zeros()));
+                let x = decode_chunk::<E, W>(&fetch_chunk::<W>(blob, pos.index, &layout, group_size.trailing_zeros()));
                 store_elements::<E>(output.add(pos.index * CHUNK), pos.valid, &x);
             }
         }
@@ -43,24 +44,35 @@ unsafe fn dequantize<E: Element, const BITS: u32>(blob: *const u8, len: usize, g
     }
 }
 
+/// Calls `$body` with `W` bound to the quantized wire format of `$bits`
+/// bits (nothing for any other value; the host passes only those).
+macro_rules! with_wire {
+    ([@match $bits:expr, $w:ident, $body:expr] $(($variant:ident $name:ident $b:literal))*) => {
+        match $bits {
+            $($b => {
+                type $w = kind::$variant;
+                $body
+            })*
+            _ => {}
+        }
+    };
+    ($bits:expr, $w:ident => $body:expr) => {
+        crate::quantized_wires! { with_wire, [@match $bits, $w, $body] }
+    };
+}
+
 macro_rules! codec_kernels {
     ($($quantize:ident, $dequantize:ident => $elem:ty;)*) => {$(
-        /// Quantizes `len` elements into a blob of `bits` bits (4, 6, 8) and
-        /// groups of `group_size` (32..256).
+        /// Quantizes `len` elements into a blob of the quantized wire format
+        /// of `bits` bits and groups of `group_size`.
         ///
         /// # Safety
         /// `input` holds `len` elements, 16-byte aligned; `blob` has room for
-        /// `ShardLayout::new(ceil(len / group_size), group_size, bits)`, 16-byte aligned.
+        /// `ShardLayout::new(ceil(len / group_size), group_size, wire)`, 16-byte aligned.
         #[no_mangle]
         pub unsafe extern "ptx-kernel" fn $quantize(input: *const u16, len: u64, group_size: u32, bits: u32, blob: *mut u8) {
             // SAFETY: forwarded caller contract.
-            unsafe {
-                match bits {
-                    8 => quantize::<$elem, 8>(input, len as usize, group_size, blob),
-                    6 => quantize::<$elem, 6>(input, len as usize, group_size, blob),
-                    _ => quantize::<$elem, 4>(input, len as usize, group_size, blob),
-                }
-            }
+            with_wire!(bits, W => unsafe { quantize::<$elem, W>(input, len as usize, group_size, blob) })
         }
 
         /// Decodes a blob written by the matching quantize kernel.
@@ -70,13 +82,7 @@ macro_rules! codec_kernels {
         #[no_mangle]
         pub unsafe extern "ptx-kernel" fn $dequantize(blob: *const u8, len: u64, group_size: u32, bits: u32, output: *mut u16) {
             // SAFETY: forwarded caller contract.
-            unsafe {
-                match bits {
-                    8 => dequantize::<$elem, 8>(blob, len as usize, group_size, output),
-                    6 => dequantize::<$elem, 6>(blob, len as usize, group_size, output),
-                    _ => dequantize::<$elem, 4>(blob, len as usize, group_size, output),
-                }
-            }
+            with_wire!(bits, W => unsafe { dequantize::<$elem, W>(blob, len as usize, group_size, output) })
         }
     )*};
 }

@@ -1,9 +1,9 @@
 //! Thin `extern "ptx-kernel"` entry points. Each takes scalars, raw pointers
-//! or an [`abi`](crate::abi) struct by value, and calls one generic body.
-//! The host finds them by the names built in `flashcomm-host`'s `kernels`
-//! module; `kernel_names()` there lists every name below.
-mod allreduce;
+//! or an [`abi`](crate::abi) struct by value, and calls one generic body. The
+//! names come from [`entry`](crate::entry), which the host uses to find them.
 mod barrier;
 mod chunk;
 mod codec_roundtrip;
+mod oneshot;
 mod peer_probe;
+mod twostep;

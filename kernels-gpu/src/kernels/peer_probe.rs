@@ -1,4 +1,4 @@
-//! The peer-access probe run at communicator creation (shared rule 10): one
+//! The peer-access probe run at communicator creation (docs/design.md R12): one
 //! real store and one real load across the link, by the SM, the path the
 //! collectives use (a copy-engine memcpy would not prove it).
 use crate::intrinsics::mem::{ld_acquire_sys_u32, st_global_u32, st_release_sys_u32};

@@ -20,7 +20,7 @@ use half::bf16;
 
 use model::{Combine, Kind, Model};
 use flashcomm_host::reference::reference_all_reduce;
-use flashcomm_host::{Bits, Quantization};
+use flashcomm_host::Quantization;
 
 const GGUF_FILE: &str = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -54,28 +54,12 @@ struct Cfg {
     worlds: Option<Vec<usize>>,
 }
 
-fn bits_n(b: Bits) -> u32 {
-    match b {
-        Bits::B4 => 4,
-        Bits::B6 => 6,
-        Bits::B8 => 8,
-    }
-}
-
 impl Cfg {
     fn label(&self) -> String {
         let base = match self.quant {
             None => "exact (f64 sum of f32)".to_string(),
-            Some(Quantization::None) => "bf16, unquantized".into(),
-            Some(Quantization::Int { rs_bits, ag_bits, group_size }) => {
-                let name = match (bits_n(rs_bits), bits_n(ag_bits)) {
-                    (8, 8) => "INT8".to_string(),
-                    (4, 8) => "INT6 (4 rs / 8 ag)".to_string(),
-                    (4, 4) => "INT4".to_string(),
-                    (a, b) => format!("INT {a} rs / {b} ag"),
-                };
-                format!("{name} G={group_size}")
-            }
+            Some(Quantization::None) => "bf16, unquantized (none)".into(),
+            Some(q) => q.label(),
         };
         let mut out = base;
         if self.per_row {
@@ -92,10 +76,7 @@ impl Cfg {
     fn short(&self) -> String {
         let base = match self.quant {
             None => "exact".to_string(),
-            Some(Quantization::None) => "bf16".into(),
-            Some(Quantization::Int { rs_bits, ag_bits, group_size }) => {
-                format!("int{}-{}-g{}", bits_n(rs_bits), bits_n(ag_bits), group_size)
-            }
+            Some(q) => q.label(),
         };
         let mut out = base;
         if self.per_row {
@@ -114,11 +95,11 @@ impl Cfg {
     }
 }
 
-/// `exact` | `bf16` | `int8-gG` | `int6-gG` (= 4 bits rs, 8 bits ag) | `int4-gG` |
-/// `int<rs>-<ag>-gG`; optional suffixes, in this order: `-row` (per-token
-/// groups), `-tok0` (token 0 of each window combined exactly: diagnostic),
-/// `-shadow` (measure the reducer's error, propagate the exact sum:
-/// diagnostic), `@W[+W...]` (only at these world sizes).
+/// `exact` | a library setting, spelled as `Quantization::parse` reads it
+/// (`none`, `int8-g128`, `int4-int8-g64`, ...); optional suffixes, in this
+/// order: `-row` (per-token groups), `-tok0` (token 0 of each window
+/// combined exactly: diagnostic), `-shadow` (measure the reducer's error,
+/// propagate the exact sum: diagnostic), `@W[+W...]` (only at these world sizes).
 fn parse_cfg(s: &str) -> Result<Cfg, String> {
     let (s, worlds) = match s.split_once('@') {
         Some((c, w)) => {
@@ -142,41 +123,9 @@ fn parse_cfg(s: &str) -> Result<Cfg, String> {
         Some(c) => (c, true),
         None => (s, false),
     };
-    let quant = if s == "exact" {
-        None
-    } else if s == "bf16" {
-        Some(Quantization::None)
-    } else {
-        let b = |n: &str| -> Result<Bits, String> {
-            match n {
-                "4" => Ok(Bits::B4),
-                "6" => Ok(Bits::B6),
-                "8" => Ok(Bits::B8),
-                _ => Err(format!("bad bit width {n:?} in {s:?}")),
-            }
-        };
-        let rest = s.strip_prefix("int").ok_or_else(|| format!("bad config {s:?}"))?;
-        let parts: Vec<&str> = rest.split('-').collect();
-        let (rs, ag, g) = match parts.as_slice() {
-            [bits, g] => {
-                let (rs, ag) = match *bits {
-                    "8" => ("8", "8"),
-                    "6" => ("4", "8"),
-                    "4" => ("4", "4"),
-                    _ => return Err(format!("bad config {s:?}")),
-                };
-                (rs, ag, *g)
-            }
-            [rs, ag, g] => (*rs, *ag, *g),
-            _ => return Err(format!("bad config {s:?}")),
-        };
-        let group_size: usize = g
-            .strip_prefix('g')
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("bad group size in {s:?}"))?;
-        let q = Quantization::Int { rs_bits: b(rs)?, ag_bits: b(ag)?, group_size };
-        q.validate().map_err(|e| e.to_string())?;
-        Some(q)
+    let quant = match s {
+        "exact" => None,
+        setting => Some(Quantization::parse(setting).map_err(|e| e.to_string())?),
     };
     if (per_row || tok0_exact || shadow) && quant.is_none() {
         return Err("-row, -tok0 and -shadow apply to reducer configurations only".into());
@@ -190,29 +139,29 @@ fn cfg_set(name: &str) -> Result<Vec<Cfg>, String> {
         // at every group size; at W=4 also the per-token-group variants and
         // the diagnostics (token 0 exact; errors measured on the exact run)
         "full" => {
-            let mut v = vec!["exact".to_string(), "bf16".to_string()];
+            let mut v = vec!["exact".to_string(), "none".to_string()];
             for g in [32, 64, 128, 256] {
                 v.push(format!("int8-g{g}"));
             }
-            v.push("int6-g128".into());
+            v.push("int4-int8-g128".into());
             for g in [32, 64, 128, 256] {
                 v.push(format!("int4-g{g}"));
             }
             for c in ["int8-g128-row", "int4-g128-row", "int4-g256-row"] {
                 v.push(format!("{c}@4"));
             }
-            for c in ["int8-g128", "int6-g128", "int4-g128"] {
+            for c in ["int8-g128", "int4-int8-g128", "int4-g128"] {
                 v.push(format!("{c}-tok0@4"));
             }
-            for c in ["int8-g128", "int6-g128", "int4-g128"] {
+            for c in ["int8-g128", "int4-int8-g128", "int4-g128"] {
                 v.push(format!("{c}-shadow@4"));
             }
             v
         }
         // every configuration, INT6 at every group size too (no diagnostics)
         "all" => {
-            let mut v = vec!["exact".to_string(), "bf16".to_string()];
-            for bits in ["int8", "int6", "int4"] {
+            let mut v = vec!["exact".to_string(), "none".to_string()];
+            for bits in ["int8", "int4-int8", "int4"] {
                 for g in [32, 64, 128, 256] {
                     v.push(format!("{bits}-g{g}"));
                 }
@@ -220,7 +169,7 @@ fn cfg_set(name: &str) -> Result<Vec<Cfg>, String> {
             v
         }
         // the minimum: every scheme at G=128
-        "g128" => ["exact", "bf16", "int8-g128", "int6-g128", "int4-g128"].iter().map(|s| s.to_string()).collect(),
+        "g128" => ["exact", "none", "int8-g128", "int4-int8-g128", "int4-g128"].iter().map(|s| s.to_string()).collect(),
         other => other.split(',').map(|s| s.trim().to_string()).collect(),
     };
     list.iter().map(|s| parse_cfg(s)).collect()
@@ -469,7 +418,7 @@ fn usage() -> ! {
        perplexity --ablate CFG@W [--ablate-windows N]
                                       dPPL with CFG applied at one projection only (each in turn),
                                       on the first N (4) Moby Dick windows
-configs: exact, bf16, int8-gG, int6-gG (4 bits reduce-scatter, 8 all-gather), int4-gG, intR-A-gG"
+configs: exact, or a library setting: none, int8-gG, int4-int8-gG (4 bits reduce-scatter, 8 all-gather), int4-gG, ..."
     );
     std::process::exit(2)
 }
@@ -489,7 +438,7 @@ fn parse_args() -> Opts {
         markdown: None,
         sanity: false,
         fixture: None,
-        layer_errors: ["int4-g128-shadow@4", "int6-g128-shadow@4", "int8-g128-shadow@4", "int4-g128@4"]
+        layer_errors: ["int4-g128-shadow@4", "int4-int8-g128-shadow@4", "int8-g128-shadow@4", "int4-g128@4"]
             .iter()
             .map(|s| s.to_string())
             .collect(),
