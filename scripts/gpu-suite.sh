@@ -3,7 +3,7 @@
 #
 #   scripts/gpu-suite.sh stage            # here: build release test/bench/main binaries, packed into .gpu-stage/bins.tar.gz
 #                                         #   (STAGE_EXTRA="f1 f2": variant binaries or wrappers named bench-<name>, packed too)
-#   scripts/gpu-suite.sh remote [WHAT..]  # on the GPU host (repo root): run them; WHAT = tests | bench | bench-graphs | bench-phases | bench-transports | bench-pieces | bench-variants | torch | main
+#   scripts/gpu-suite.sh remote [WHAT..]  # on the GPU host (repo root): run them; WHAT = tests | sanitize | tests-old | bench | bench-graphs | bench-phases | bench-transports | bench-pieces | bench-variants | torch | main
 #
 # With the device tool: stage, then run
 #   bash scripts/gpu-suite.sh remote tests bench     (carry: [".gpu-stage"])
@@ -35,6 +35,9 @@ stage)
   # The device tool carries at most 64 MiB (working tree included); the
   # binaries embed the PTX and compress ~6x. STAGE_EXTRA: more files to add
   # (variant binaries, wrapper scripts), packed the same way.
+  # GPU_TESTS_OLD: a gpu-tests binary built from an older tree (the same
+  # test sources), for "fails before the fix" runs (step tests-old).
+  if [ -n "${GPU_TESTS_OLD:-}" ]; then cp "$GPU_TESTS_OLD" "$stage/gpu-tests-old"; fi
   for x in ${STAGE_EXTRA:-}; do cp "$x" "$stage/"; done
   (cd "$stage" && tar czf bins.tar.gz --remove-files -- *)
   ls -la "$stage"
@@ -68,6 +71,23 @@ remote)
       tests)
         REQUIRE_GPU="$ngpu" timeout 900 "$stage/gpu-tests" --test-threads=1 ${GPU_TEST_FILTER:-} 2>&1 \
           | tee "$out/gpu-tests.log" || status=1 ;;
+      tests-old)
+        # The same tests built from the code before a fix: expected to fail.
+        timeout 600 "$stage/gpu-tests-old" --test-threads=1 ${GPU_TEST_FILTER:-reliability::} 2>&1 \
+          | tee "$out/gpu-tests-old.log" || true ;;
+      sanitize)
+        # compute-sanitizer over the suite with the watchdog off (the
+        # slowdown would fire it) and fewer random cases; the tests whose
+        # own watchdog must fire (failure paths) are skipped under memcheck.
+        san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+        skip="--skip failure:: --skip reliability::late --skip reliability::split --skip reliability::recover --skip reliability::busy"
+        export FLASHCOMM_TIMEOUT_MS=0 FLASHCOMM_GPU_CASES=${SANITIZE_CASES:-24} CUDA_VISIBLE_DEVICES=${SANITIZE_GPUS:-0,1}
+        { timeout 500 "$san" --tool memcheck --print-limit 20 "$stage/gpu-tests" --test-threads=1 $skip
+          for tool in racecheck synccheck initcheck; do
+            timeout 240 "$san" --tool $tool --print-limit 20 "$stage/gpu-tests" --test-threads=1 --exact allreduce::consecutive_calls_and_pieces
+          done; } 2>&1 | tee "$out/sanitize.log" || status=1
+        unset FLASHCOMM_TIMEOUT_MS FLASHCOMM_GPU_CASES CUDA_VISIBLE_DEVICES
+        grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test result" "$out/sanitize.log" | tee "$out/sanitize-summary.txt" ;;
       bench)
         timeout 900 "$stage/bench-allreduce" --no-progress --out "$out" ${BENCH_ARGS:-} 2>&1 | tee "$out/bench.log" || status=1 ;;
       bench-graphs)

@@ -65,6 +65,10 @@ pub enum Error {
     /// rank's collectives since then did not run.
     #[error("rank {rank}: rank {peer} failed a collective, so this rank's collectives since then did not run; the communicator needs recover()")]
     PeerFailed { rank: usize, peer: usize },
+    /// The rank's collectives were stopped by the host: `recover()`, or a
+    /// call that could not be queued on every rank.
+    #[error("rank {rank}: its collectives were aborted (recover(), or a call that could not be queued on every rank); the communicator needs recover()")]
+    Aborted { rank: usize },
     /// Two threads issued calls for one rank at the same time: each rank's
     /// calls must come in one order (see `Communicator`'s docs).
     #[error("rank {rank}: another thread is issuing a call for this rank; issue each rank's calls from one thread, in one order")]

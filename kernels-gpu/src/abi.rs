@@ -2,7 +2,9 @@
 //!
 //! Kernels take one `#[repr(C)]` struct by value (a `.param` aggregate); the
 //! host builds the same struct from the same definition, so the layouts
-//! cannot drift apart.
+//! cannot drift apart. Each collective has its own argument block
+//! ([`TwoStepArgs`], [`OneShotArgs`]); both embed the [`BarrierArgs`] the
+//! cross-rank barrier needs.
 
 /// Largest world size the kernels and flag arrays support.
 pub const MAX_WORLD: usize = 8;
@@ -21,15 +23,15 @@ pub const TILE_ELEMS: usize = THREADS as usize * crate::codec::CHUNK;
 pub enum Phase {
     /// After each rank has staged its contribution (entry barrier).
     Staged = 0,
-    /// After each owner has staged its reduced shard (two-shot), or after
-    /// every rank has finished reading peers' staging (one-shot exit).
+    /// After each owner has staged its reduced shard (two-step).
     Reduced = 1,
 }
 
 /// Word offsets inside a rank's *sync area*: one peer-mapped `cuMemAlloc`
 /// block per rank. Peers write only their own slot `[block][peer_rank]` of the
-/// flag and tag arrays (one writer per slot, docs/design.md H1); epochs and
-/// the error word are written by the owning rank's kernels only.
+/// flag and tag arrays and their own `poison[peer_rank]` word (one writing
+/// rank per slot, docs/design.md H1); epochs and the error word are written
+/// by the owning rank's kernels only.
 pub mod sync_area {
     use super::{MAX_BLOCKS, MAX_WORLD};
     /// `flags[phase][block][peer]`: epoch a peer signalled.
@@ -45,9 +47,14 @@ pub mod sync_area {
     /// `epochs[block]`: calls completed by this block index on this rank.
     pub const EPOCHS: usize = TAGS + 2 * TAGS_PER_PARITY;
     /// One error word (see [`ErrorWord`](super::ErrorWord)); 0 = no error.
+    /// The first error a kernel of this rank saw since the last reset.
     pub const ERROR: usize = EPOCHS + MAX_BLOCKS;
+    /// `poison[peer]`: nonzero once rank `peer` has failed a collective (its
+    /// [`ErrorWord`](super::ErrorWord)); every kernel checks these at entry
+    /// and while it waits, and stops (docs/design.md R6).
+    pub const POISON: usize = ERROR + 1;
     /// Scratch for the peer probe at creation: `[written by a peer, read by a peer]`.
-    pub const PROBE: usize = ERROR + 1;
+    pub const PROBE: usize = POISON + MAX_WORLD;
     /// Total words (rounded up to a 256-byte multiple).
     pub const WORDS: usize = (PROBE + 2 + 63) & !63;
     /// Total bytes.
@@ -64,6 +71,14 @@ impl ErrorWord {
     pub const KIND_TIMEOUT: u32 = 1;
     /// A peer entered the same collective with a different length or config.
     pub const KIND_MISMATCH: u32 = 2;
+    /// A peer (in [`Self::peer`]) failed a collective and poisoned this rank.
+    pub const KIND_PEER_FAILED: u32 = 3;
+    /// A peer signalled an epoch two or more ahead: its sequence of calls
+    /// differs from this rank's (it cannot happen when the ranks agree).
+    pub const KIND_EPOCH_SKEW: u32 = 4;
+    /// The host aborted every rank's collectives (`Communicator::recover`,
+    /// or a call that could not be queued on every rank).
+    pub const KIND_ABORTED: u32 = 5;
 
     /// Packs an error.
     #[inline(always)]
@@ -88,54 +103,82 @@ impl ErrorWord {
     }
 }
 
-/// Arguments of the collective kernels (`allreduce_twostep_*`, `allreduce_oneshot_*`).
-///
-/// Pointers are device addresses (`CUdeviceptr`). `staging_in`, `staging_out`
-/// and `sync` hold every rank's buffer, in rank order, mapped into this GPU's
-/// address space by peer access; unused entries are 0.
+/// What the cross-rank barrier needs; part of every collective's arguments.
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
-pub struct CollectiveArgs {
-    /// This rank's input, `len` elements, 16-byte aligned.
-    pub input: u64,
-    /// This rank's output, `len` elements, 16-byte aligned (may equal `input`).
-    pub output: u64,
-    /// Elements in this call.
-    pub len: u64,
-    /// Two-step: elements per piece (a multiple of 512; the staging buffers
-    /// hold one piece). The kernel runs `ceil(len / piece_len)` pieces back to
-    /// back, every piece with the geometry of a full one. One-shot: `len`.
-    pub piece_len: u64,
-    /// Phase-1 staging of each rank: `world` shard blobs, `shard_stride` apart.
-    /// One-shot launches get each rank's one-shot buffer here instead (two
-    /// slots of `world` raw regions, `shard_stride` apart).
-    pub staging_in: [u64; MAX_WORLD],
-    /// Phase-2 staging of each rank: the blob of the shard it owns.
-    pub staging_out: [u64; MAX_WORLD],
-    /// Sync area of each rank (see [`sync_area`]).
+pub struct BarrierArgs {
+    /// Sync area of each rank (see [`sync_area`]), in rank order, mapped
+    /// into this GPU's address space by peer access; unused entries are 0.
     pub sync: [u64; MAX_WORLD],
-    /// Bytes between consecutive shard blobs in `staging_in`.
-    pub shard_stride: u64,
     /// Watchdog: give up waiting for a peer after this many ns (0 = never).
     pub timeout_ns: u64,
     /// This rank.
     pub rank: u32,
     /// Number of ranks (2..=MAX_WORLD).
     pub world: u32,
-    /// Two-step: elements per shard unit; shards are whole units. Quantized
-    /// wires: the group size; plain: [`PLAIN_SHARD_UNIT`](crate::codec::layout::PLAIN_SHARD_UNIT).
-    /// The one-shot ignores it.
-    pub shard_unit: u32,
-    /// Identifies (length, dtype, algorithm, wires, group size, transport) of
-    /// this call; ranks compare tags at the entry barrier.
+    /// Identifies the call (its whole length, this launch's place in it,
+    /// element type, algorithm, wires, shard unit, transport); ranks compare
+    /// tags at the entry barrier.
     pub tag: u32,
-    /// How each two-step phase crosses the links: [`Transport::word`].
-    pub transport: u32,
     /// Explicit padding (keeps the layout obvious on both sides).
     pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<CollectiveArgs>() == 8 * 4 + 8 * MAX_WORLD * 3 + 16 + 24);
+/// Arguments of the two-step kernels (`allreduce_twostep_*`).
+///
+/// Pointers are device addresses (`CUdeviceptr`); `staging_in` and
+/// `staging_out` hold every rank's buffer, in rank order, mapped into this
+/// GPU's address space by peer access; unused entries are 0.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct TwoStepArgs {
+    /// This rank's input, `len` elements, 16-byte aligned.
+    pub input: u64,
+    /// This rank's output, `len` elements, 16-byte aligned (may equal `input`).
+    pub output: u64,
+    /// Elements in this call.
+    pub len: u64,
+    /// Elements per piece (a multiple of 512; the staging buffers hold one
+    /// piece). The kernel runs `ceil(len / piece_len)` pieces back to back,
+    /// every piece with the geometry of a full one.
+    pub piece_len: u64,
+    /// Phase-1 staging of each rank: `world` shard blobs, `shard_stride` apart.
+    pub staging_in: [u64; MAX_WORLD],
+    /// Phase-2 staging of each rank: the blob of the shard it owns.
+    pub staging_out: [u64; MAX_WORLD],
+    /// Bytes between consecutive shard blobs in a staging buffer.
+    pub shard_stride: u64,
+    /// Elements per shard unit; shards are whole units. Quantized wires: the
+    /// group size; plain: [`PLAIN_SHARD_UNIT`](crate::codec::layout::PLAIN_SHARD_UNIT).
+    pub shard_unit: u32,
+    /// How each phase crosses the links: [`Transport::word`].
+    pub transport: u32,
+    /// The barrier's part.
+    pub barrier: BarrierArgs,
+}
+
+/// Arguments of the one-shot kernels (`allreduce_oneshot_*`).
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct OneShotArgs {
+    /// This rank's input, `len` elements, 16-byte aligned.
+    pub input: u64,
+    /// This rank's output, `len` elements, 16-byte aligned (may equal `input`).
+    pub output: u64,
+    /// Elements in this launch (0: a barrier only).
+    pub len: u64,
+    /// Each rank's one-shot buffer: two slots of `world` plain regions,
+    /// `region_stride` bytes apart.
+    pub buffers: [u64; MAX_WORLD],
+    /// Bytes between consecutive regions of a one-shot buffer.
+    pub region_stride: u64,
+    /// The barrier's part.
+    pub barrier: BarrierArgs,
+}
+
+const _: () = assert!(core::mem::size_of::<BarrierArgs>() == 8 * MAX_WORLD + 8 + 16);
+const _: () = assert!(core::mem::size_of::<TwoStepArgs>() == 8 * 4 + 8 * MAX_WORLD * 2 + 8 + 8 + core::mem::size_of::<BarrierArgs>());
+const _: () = assert!(core::mem::size_of::<OneShotArgs>() == 8 * 3 + 8 * MAX_WORLD + 8 + core::mem::size_of::<BarrierArgs>());
 
 /// How one phase of the two-step kernel crosses the links.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -182,7 +225,7 @@ impl Transport {
     const PUSH_REDUCE_SCATTER: u32 = 1;
     const PUSH_ALL_GATHER: u32 = 2;
 
-    /// The encoding in [`CollectiveArgs::transport`].
+    /// The encoding in [`TwoStepArgs::transport`].
     #[inline(always)]
     pub const fn word(self) -> u32 {
         (if matches!(self.reduce_scatter, Link::Push) { Self::PUSH_REDUCE_SCATTER } else { 0 })

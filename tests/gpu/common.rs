@@ -5,10 +5,12 @@ use cudarc::driver::{CudaGraph, CudaSlice, CudaStream};
 use libtest_mimic::Failed;
 use std::sync::Arc;
 
-/// The default configuration without the NCCL fallback: every result must
-/// equal the CPU reference bit for bit.
+/// The default configuration without the NCCL fallback (every result must
+/// equal the CPU reference bit for bit), with the `FLASHCOMM_*` environment
+/// applied (the sanitizer step turns the watchdog off: `FLASHCOMM_TIMEOUT_MS=0`).
 pub fn exact_config() -> flashcomm::Config {
-    flashcomm::Config { nccl_fallback: false, ..flashcomm::Config::default() }
+    let config = flashcomm::Config::default().with_env_overrides().expect("FLASHCOMM_* variables parse");
+    flashcomm::Config { nccl_fallback: false, ..config }
 }
 
 /// `Result` of a test body.

@@ -11,6 +11,7 @@ mod allreduce;
 mod codec;
 mod common;
 mod failure;
+mod reliability;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -37,6 +38,16 @@ fn main() {
         ("failure::watchdog_missing_rank_shared_device", 1, failure::watchdog_missing_rank_shared_device),
         ("failure::mismatched_lengths_detected", 2, failure::mismatched_lengths_detected),
         ("failure::bad_inputs_fail_before_launch", 2, failure::bad_inputs_fail_before_launch),
+        ("reliability::late_rank_gets_an_error", 1, reliability::late_rank_gets_an_error),
+        ("reliability::concurrent_all_rank_calls", 1, reliability::concurrent_all_rank_calls),
+        ("reliability::split_calls_do_not_pair", 1, reliability::split_calls_do_not_pair),
+        ("reliability::recover_is_ordered", 1, reliability::recover_is_ordered),
+        ("reliability::busy_gpu_correct_or_error", 1, reliability::busy_gpu_correct_or_error),
+        ("reliability::mismatch_without_watchdog_ends", 1, reliability::mismatch_without_watchdog_ends),
+        ("reliability::recover_keeps_unreported_errors", 1, reliability::recover_keeps_unreported_errors),
+        // Last: on code without the fix it reads freed memory, which can
+        // leave the CUDA context unusable for any test after it.
+        ("reliability::graph_outlives_communicator", 1, reliability::graph_outlives_communicator),
     ];
     let mut trials: Vec<Trial> = tests
         .iter()

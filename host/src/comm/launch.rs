@@ -1,13 +1,11 @@
 //! Queuing one rank's part of a collective: the plan (which algorithm, from
 //! config, options and size), the kernel and its arguments (the call's tag,
 //! the one-shot's buffers), the pieces of a long message, and the grid.
-#[cfg(feature = "diagnostics")]
-use super::lock;
 use super::{CallOptions, Communicator};
 use crate::config::{flash_setting, Algorithm, Config, Quantization, Quantized};
 use crate::driver;
 use crate::error::{Error, Result};
-use flashcomm_kernels::abi::{CollectiveArgs, PhaseSkip, ShardGeometry, THREADS};
+use flashcomm_kernels::abi::{BarrierArgs, OneShotArgs, PhaseSkip, ShardGeometry, TwoStepArgs, THREADS};
 use flashcomm_kernels::codec::layout::PLAIN_SHARD_UNIT;
 use flashcomm_kernels::codec::{Dtype, Wire, CHUNK};
 use flashcomm_kernels::entry::KernelId;
@@ -84,8 +82,43 @@ pub(super) fn oneshot_elems(config: &Config) -> usize {
     ONESHOT_MAX_ELEMS.min(config.max_piece_elems) / 512 * 512
 }
 
-/// A call's tag (FNV-1a over its shape): ranks compare tags at the entry
-/// barrier, so calls that disagree fail as `CollectiveMismatch`.
+/// One rank's part of one call, as the launches see it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Call {
+    /// The rank.
+    pub rank: usize,
+    /// Its input's device address.
+    pub input: u64,
+    /// Its output's device address (may equal the input).
+    pub output: u64,
+    /// Elements.
+    pub len: usize,
+    /// Element type.
+    pub dtype: Dtype,
+    /// What runs.
+    pub plan: Plan,
+}
+
+impl Call {
+    /// The tag of launch `launch` of this call (FNV-1a over the call's
+    /// whole shape and the launch's place in it): ranks compare tags at the
+    /// entry barrier, so calls that disagree fail as `CollectiveMismatch`,
+    /// also when they split into launches differently.
+    fn tag(&self, launch: usize, launch_len: usize, kernel: KernelId, unit: usize, transport: u32) -> u32 {
+        fnv1a(&[
+            self.len as u64,
+            launch as u64,
+            launch_len as u64,
+            self.dtype as u64,
+            self.plan.algorithm() as u64,
+            kernel_words(kernel),
+            unit as u64,
+            transport as u64,
+        ])
+    }
+}
+
+/// FNV-1a over the words' little-endian bytes.
 fn fnv1a(words: &[u64]) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
     for w in words {
@@ -104,6 +137,11 @@ impl Communicator {
         let algorithm = opts.algorithm.unwrap_or(self.config.algorithm);
         let bytes = len.checked_mul(dtype.size()).ok_or(Error::Overflow { what: "the message size in bytes" })?;
         Ok(match algorithm {
+            // An empty call still crosses one barrier (`launch_oneshot`).
+            _ if len == 0 && algorithm != Algorithm::Nccl => {
+                flash_setting(algorithm, quant)?;
+                Plan::OneShot
+            }
             Algorithm::OneShot => Plan::OneShot,
             Algorithm::TwoShot => Plan::TwoShot,
             Algorithm::Flash => Plan::Flash(flash_setting(algorithm, quant)?.expect("Flash yields a setting or an error")),
@@ -132,102 +170,117 @@ impl Communicator {
         }
     }
 
-    /// Queues the kernels of one rank's part of a collective.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn launch_rank(&self, rank: usize, input: u64, output: u64, len: usize, dtype: Dtype, plan: Plan, opts: &CallOptions) -> Result<()> {
-        self.launch_rank_skipping(rank, input, output, len, dtype, plan, opts, None)
+    /// Queues the kernels of one rank's part of a collective; on the
+    /// diagnostic kernel skipping `skip`'s phases when `skip` is given. The
+    /// caller holds the rank's launch lock (`launch_lock`).
+    pub(super) fn launch(&self, call: Call, opts: &CallOptions, skip: Option<PhaseSkip>) -> Result<()> {
+        let r = &self.ranks[call.rank];
+        r.ctx.bind_to_thread()?;
+        // A captured kernel refers to this memory (and NCCL communicator) on
+        // every replay: the graph keeps it alive (module docs).
+        // SAFETY: the rank's own stream, its context bound.
+        if let Some(graph) = unsafe { driver::graph::capturing_graph(r.stream.cu_stream())? } {
+            // SAFETY: `graph` is being captured on this context's stream.
+            unsafe { driver::graph::retain_in_graph(graph, self.memory.clone())? };
+        }
+        if call.plan == Plan::Nccl {
+            return self.launch_nccl(&call);
+        }
+        match call.plan.twostep() {
+            Some((rs, ag, unit)) if call.len > 0 => {
+                let transport = opts.transport.unwrap_or(self.config.transport).word();
+                self.launch_twostep(&call, (rs, ag, unit), transport, skip)
+            }
+            _ => self.launch_oneshot(&call),
+        }
     }
 
-    /// [`Self::launch_rank`], on the diagnostic kernel skipping `skip`'s
-    /// phases when `skip` is given.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn launch_rank_skipping(
-        &self,
-        rank: usize,
-        input: u64,
-        output: u64,
-        len: usize,
-        dtype: Dtype,
-        plan: Plan,
-        opts: &CallOptions,
-        skip: Option<PhaseSkip>,
-    ) -> Result<()> {
-        if len == 0 {
-            return Ok(());
-        }
-        let _one_call_order = self.launch_lock(rank)?;
-        if plan == Plan::Nccl {
-            return self.launch_nccl(rank, input, output, len, dtype);
-        }
-        let r = &self.ranks[rank];
-        let transport = opts.transport.unwrap_or(self.config.transport).word();
-        let mut args = CollectiveArgs { transport, ..r.args };
-        let (kernel, tiles_of) = match plan.twostep() {
-            Some((rs, ag, unit)) => {
-                args.shard_unit = unit as u32;
-                let kernel = match skip {
-                    Some(_) => KernelId::TwoStepDiagnostic { dtype, rs, ag },
-                    None => KernelId::TwoStep { dtype, rs, ag },
-                };
-                (kernel, unit)
-            }
-            None => {
-                // The one-shot kernel's buffers travel as its `staging_in`.
-                args.staging_in = self.oneshot_buffers;
-                args.shard_stride = self.oneshot_stride as u64;
-                (KernelId::OneShot(dtype), CHUNK)
+    /// The two-step kernel runs all pieces of the message in one launch
+    /// (pipelined, see the kernel docs); pieces are balanced so the last one
+    /// is not much shorter (every piece uses a full piece's geometry).
+    fn launch_twostep(&self, call: &Call, (rs, ag, unit): (Wire, Wire, usize), transport: u32, skip: Option<PhaseSkip>) -> Result<()> {
+        let r = &self.ranks[call.rank];
+        let kernel = match skip {
+            Some(_) => KernelId::TwoStepDiagnostic { dtype: call.dtype, rs, ag },
+            None => KernelId::TwoStep { dtype: call.dtype, rs, ag },
+        };
+        let piece_len = balanced_piece(call.len, self.piece_elems(call.plan));
+        let mut args = TwoStepArgs {
+            input: call.input,
+            output: call.output,
+            len: call.len as u64,
+            piece_len: piece_len as u64,
+            staging_in: self.peers.staging_in,
+            staging_out: self.peers.staging_out,
+            shard_stride: self.peers.shard_stride as u64,
+            shard_unit: unit as u32,
+            transport,
+            barrier: BarrierArgs { tag: call.tag(0, piece_len, kernel, unit, transport), ..r.barrier },
+        };
+        let tiles = ShardGeometry::new(piece_len.min(call.len), self.world_size(), unit).tiles.max(1) as u32;
+        let blocks = tiles.min(self.resident(kernel)?);
+        let func = self.memory.ranks[call.rank].kernels.get(kernel)?.cu_function();
+        // SAFETY: the context is bound; the kernel takes one TwoStepArgs
+        // (plus the phases to skip, for a diagnostic kernel); staging and
+        // sync buffers are owned by `self.memory` (kept alive by graphs that
+        // capture this) and peer-mapped; input/output hold `len` elements
+        // (checked by the callers) and are ordered on this stream by the
+        // callers; `piece_len` is a multiple of 512 within the staging capacity.
+        unsafe {
+            match skip {
+                Some(mut skip) => driver::launch::launch_with_args_and(func, blocks, THREADS, r.stream.cu_stream(), &mut args, &mut skip)?,
+                None => driver::launch::launch_with_args(func, blocks, THREADS, r.stream.cu_stream(), &mut args)?,
             }
         };
-        let func = r.kernels.get(kernel)?;
-        let resident = self.resident_blocks.get(&kernel).copied().ok_or_else(|| Error::MissingKernel { name: format!("{kernel:?}") })?;
-        // The two-step kernel runs all pieces of the message in one launch
-        // (pipelined, see the kernel docs); pieces are balanced so the last
-        // one is not much shorter (every piece uses a full piece's geometry).
-        // The one-shot runs one launch per piece.
-        let piece = self.piece_elems(plan);
-        let (step, twostep_piece) = match plan {
-            Plan::TwoShot | Plan::Flash(_) => (len, Some(balanced_piece(len, piece))),
-            _ => (piece, None),
-        };
-        r.ctx.bind_to_thread()?;
+        Ok(())
+    }
+
+    /// The one-shot runs one launch per piece of its buffer's capacity, and
+    /// one launch (a barrier only) for an empty call, so that an empty call
+    /// on one rank against a non-empty one on another is a mismatch, not a
+    /// silent timeout.
+    fn launch_oneshot(&self, call: &Call) -> Result<()> {
+        let r = &self.ranks[call.rank];
+        let kernel = KernelId::OneShot(call.dtype);
+        let func = self.memory.ranks[call.rank].kernels.get(kernel)?.cu_function();
+        let piece = self.piece_elems(Plan::OneShot);
         let mut start = 0;
-        while start < len {
-            let n = step.min(len - start);
-            let piece_len = twostep_piece.unwrap_or(n);
-            args.input = input + (start * dtype.size()) as u64;
-            args.output = output + (start * dtype.size()) as u64;
-            args.len = n as u64;
-            args.piece_len = piece_len as u64;
-            args.tag = fnv1a(&[n as u64, piece_len as u64, dtype as u64, plan.algorithm() as u64, kernel_words(kernel), args.shard_unit as u64, transport as u64]);
-            let blocks = match plan {
-                Plan::OneShot => self.oneshot_grid,
-                _ => (ShardGeometry::new(piece_len.min(n), self.world_size(), tiles_of).tiles.max(1) as u32).min(resident),
+        for launch in 0.. {
+            let n = piece.min(call.len - start);
+            let mut args = OneShotArgs {
+                input: call.input + (start * call.dtype.size()) as u64,
+                output: call.output + (start * call.dtype.size()) as u64,
+                len: n as u64,
+                buffers: self.peers.oneshot,
+                region_stride: self.peers.oneshot_stride as u64,
+                barrier: BarrierArgs { tag: call.tag(launch, n, kernel, CHUNK, 0), ..r.barrier },
             };
             // SAFETY: the context is bound; the kernel takes one
-            // CollectiveArgs (plus the phases to skip, for a diagnostic
-            // kernel); staging and sync buffers are owned by `self` and
-            // peer-mapped; input/output hold `len` elements (checked by the
-            // callers) and are ordered on this stream by the callers;
-            // `piece_len` is a multiple of 512 within the staging capacity.
-            unsafe {
-                match skip {
-                    Some(mut skip) => driver::launch::launch_with_args_and(func.cu_function(), blocks, THREADS, r.stream.cu_stream(), &mut args, &mut skip)?,
-                    None => driver::launch::launch_with_args(func.cu_function(), blocks, THREADS, r.stream.cu_stream(), &mut args)?,
-                }
-            };
+            // OneShotArgs; the one-shot and sync buffers are owned by
+            // `self.memory` and peer-mapped; this launch's `n` elements of
+            // input and output are in bounds (checked by the callers) and
+            // ordered on this stream; `n` fits the one-shot buffer's regions.
+            unsafe { driver::launch::launch_with_args(func, self.oneshot_grid, THREADS, r.stream.cu_stream(), &mut args)? };
             start += n;
+            if start >= call.len {
+                break;
+            }
         }
         Ok(())
     }
 
-    fn launch_nccl(&self, rank: usize, input: u64, output: u64, len: usize, dtype: Dtype) -> Result<()> {
+    fn resident(&self, kernel: KernelId) -> Result<u32> {
+        self.resident_blocks.get(&kernel).copied().ok_or_else(|| Error::MissingKernel { name: format!("{kernel:?}") })
+    }
+
+    fn launch_nccl(&self, call: &Call) -> Result<()> {
         #[cfg(feature = "nccl")]
-        if let Some(nccl) = &self.nccl {
+        if let Some(nccl) = &self.memory.nccl {
             // SAFETY: callers checked that input/output hold `len` elements
             // on this rank's GPU and ordered them on its stream.
-            return unsafe { nccl.all_reduce_raw(rank, input, output, len, dtype) };
+            return unsafe { nccl.all_reduce_raw(call.rank, call.input, call.output, call.len, call.dtype) };
         }
-        let _ = (rank, input, output, len, dtype);
+        let _ = call;
         Err(Error::Nccl("NCCL is not available to this communicator".into()))
     }
 
@@ -248,21 +301,19 @@ impl Communicator {
             return Err(Error::BufferCount { world, got: inputs.len().min(outputs.len()) });
         }
         let len = inputs[0].len();
+        if let Some(r) = (0..world).find(|&r| inputs[r].len() != len || outputs[r].len() != len) {
+            return Err(Error::LengthMismatch { rank: r, len: inputs[r].len(), expected: len });
+        }
         let plan = self.plan(len, T::DTYPE, opts)?;
         if plan.twostep().is_none() {
             return Err(Error::InvalidConfig(format!("phase diagnostics need a two-step plan, not {}", plan.label())));
         }
-        let _one_call_at_a_time = lock(&self.issue_all);
-        for r in 0..world {
-            if inputs[r].len() != len || outputs[r].len() != len {
-                return Err(Error::LengthMismatch { rank: r, len: inputs[r].len(), expected: len });
-            }
+        self.issue_every_rank(plan, |r| {
             let stream = &self.ranks[r].stream;
             let (src, _read) = inputs[r].device_ptr(stream);
             let (dst, _write) = outputs[r].device_ptr_mut(stream);
-            self.launch_rank_skipping(r, src, dst, len, T::DTYPE, plan, opts, Some(skip))?;
-        }
-        Ok(())
+            self.launch(Call { rank: r, input: src, output: dst, len, dtype: T::DTYPE, plan }, opts, Some(skip))
+        })
     }
 }
 
@@ -270,7 +321,8 @@ impl Communicator {
 fn kernel_words(kernel: KernelId) -> u64 {
     let wire = |w: Wire| w.bits() as u64;
     match kernel {
-        KernelId::TwoStep { dtype, rs, ag } | KernelId::TwoStepDiagnostic { dtype, rs, ag } => (dtype as u64) << 16 | wire(rs) << 8 | wire(ag),
+        KernelId::TwoStep { dtype, rs, ag } => (dtype as u64) << 16 | wire(rs) << 8 | wire(ag),
+        KernelId::TwoStepDiagnostic { dtype, rs, ag } => 1 << 33 | (dtype as u64) << 16 | wire(rs) << 8 | wire(ag),
         KernelId::OneShot(dtype) => 1 << 32 | dtype as u64,
         _ => 0,
     }

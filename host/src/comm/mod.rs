@@ -13,12 +13,39 @@
 //! kernels report both through a device error word that
 //! [`Communicator::synchronize`] turns into a typed error.
 //!
+//! # Failures
+//! When a rank's kernel times out (a peer never came) or sees a peer enter
+//! with another call, it records the error and poisons every rank; every
+//! kernel checks for poison before it touches a peer and while it waits, and
+//! stops. From then on, on every rank, [`Communicator::synchronize_rank`]
+//! returns a typed error ([`Error::PeerTimeout`], [`Error::CollectiveMismatch`]
+//! or, on a rank that learnt of another's failure, [`Error::PeerFailed`]) and
+//! new calls are refused ([`Error::Poisoned`]) until [`Communicator::recover`].
+//! A call that did not end in an error on its rank is bit-exact; the outputs
+//! of calls queued on a rank since its last successful `synchronize_rank`
+//! are undefined (not written, or written in part) when it returns an error.
+//!
 //! # Streams
 //! Collectives run on the communicator's stream of each rank, so two
 //! collectives of one rank never run concurrently (docs/design.md H9). The
 //! `CudaSlice`/`CudaView` entry points order themselves after earlier work
 //! on the buffers through cudarc's events; the raw entry point orders itself
 //! after the caller's stream and makes the caller's stream wait for it.
+//!
+//! # Residency
+//! A call's blocks wait for the same blocks of every peer, so on every GPU
+//! they must all get to run: a kernel on another stream that fills a GPU
+//! delays that rank's blocks and makes its peers wait (up to the watchdog,
+//! then [`Error::PeerTimeout`] on every rank, never a hang). Do not make the
+//! collective wait for work that itself waits for the collective (for
+//! example a spin kernel on another stream polling its output).
+//!
+//! # CUDA graphs
+//! A call captured into a graph holds the communicator's device memory
+//! (buffers and kernels) for as long as the graph exists, so replays stay
+//! valid even after the communicator is dropped; the memory is freed the
+//! next time a communicator is created, recovered or dropped after the
+//! graph is destroyed.
 //!
 //! # Files
 //! This file: the types, the entry points and error handling; `setup.rs`:
@@ -30,6 +57,7 @@ mod setup;
 mod tuning;
 
 pub use launch::Plan;
+use launch::Call;
 
 use crate::config::{Algorithm, Config, Quantization, Thresholds};
 use crate::element::HostElement;
@@ -37,10 +65,11 @@ use crate::error::{Error, Result};
 use crate::kernels::LoadedKernels;
 use crate::peer_buffer::PeerBuffer;
 use cudarc::driver::{sys, CudaContext, CudaStream, DevicePtr, DevicePtrMut};
-use flashcomm_kernels::abi::{sync_area, CollectiveArgs, ErrorWord, Transport, MAX_WORLD};
+use flashcomm_kernels::abi::{sync_area, BarrierArgs, ErrorWord, Transport, MAX_WORLD};
 use flashcomm_kernels::codec::Dtype;
 use flashcomm_kernels::entry::KernelId;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 /// Per-call overrides of the communicator's [`Config`].
@@ -58,42 +87,78 @@ struct Rank {
     device: usize,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    /// Where the host writes the abort into the sync area while kernels may
+    /// still run on `stream` (`Communicator::abort_kernels`).
+    abort_stream: Arc<CudaStream>,
+    /// This rank's barrier arguments with every field but the tag filled in.
+    barrier: BarrierArgs,
+    /// Serialises this rank's launches: one call at a time, in one order.
+    launch: Mutex<()>,
+}
+
+/// Every rank's kernels and peer-mapped buffers: what a queued or captured
+/// kernel refers to. Held by the communicator and by every CUDA graph that
+/// captured a call, so it outlives both (`driver::graph::retain_in_graph`).
+struct DeviceState {
+    ranks: Vec<RankMemory>,
+    #[cfg(feature = "nccl")]
+    nccl: Option<crate::nccl::NcclComms>,
+}
+
+struct RankMemory {
     kernels: LoadedKernels,
-    /// This rank's kernel arguments with every per-communicator field filled
-    /// in (peer pointers, rank, world, stride); a call sets the rest.
-    args: CollectiveArgs,
     staging_in: PeerBuffer,
     staging_out: PeerBuffer,
     /// The one-shot kernel's buffer (two slots of `world` regions,
     /// `oneshot_stride` bytes apart), written by every rank.
     oneshot: PeerBuffer,
     sync: PeerBuffer,
-    /// Serialises this rank's launches: one call at a time, in one order.
-    launch: Mutex<()>,
+}
+
+/// Every rank's buffers, in rank order, as the kernels address them.
+#[derive(Clone, Copy, Debug)]
+struct PeerPointers {
+    staging_in: [u64; MAX_WORLD],
+    staging_out: [u64; MAX_WORLD],
+    oneshot: [u64; MAX_WORLD],
+    /// Bytes between consecutive shard blobs in a staging buffer.
+    shard_stride: usize,
+    /// Bytes between consecutive regions of a one-shot buffer.
+    oneshot_stride: usize,
 }
 
 /// A group of GPUs of this process that all-reduce together; see the
 /// [module docs](self).
 pub struct Communicator {
     ranks: Vec<Rank>,
+    memory: Arc<DeviceState>,
+    peers: PeerPointers,
     config: Config,
     thresholds: Thresholds,
     /// Blocks every rank can keep resident at once, per kernel (the minimum
     /// over ranks, so every rank launches the same grid).
     resident_blocks: HashMap<KernelId, u32>,
-    /// Every rank's one-shot buffer, in rank order, and the bytes between
-    /// its regions.
-    oneshot_buffers: [u64; MAX_WORLD],
-    oneshot_stride: usize,
     /// The grid of every one-shot launch, bf16 and f16 alike.
     oneshot_grid: u32,
     gpu_name: String,
     poisoned: Mutex<Option<String>>,
+    /// Per rank: the error word `recover()` found that the rank's host has
+    /// not been told yet (0: none), and the last one it was told. A rank
+    /// with a pending error refuses calls until `synchronize_rank` reports it.
+    errors: Mutex<Vec<RankErrors>>,
+    /// Set while `recover()` runs: launches wait for it instead of failing
+    /// with `ConcurrentCall`.
+    recovering: AtomicBool,
     /// Held while an all-rank entry point issues every rank's launch, so two
     /// threads' calls cannot interleave ranks.
     issue_all: Mutex<()>,
-    #[cfg(feature = "nccl")]
-    nccl: Option<crate::nccl::NcclComms>,
+}
+
+/// What one rank's host has been told about its device errors.
+#[derive(Clone, Copy, Debug, Default)]
+struct RankErrors {
+    pending: u32,
+    reported: u32,
 }
 
 impl std::fmt::Debug for Communicator {
@@ -152,7 +217,7 @@ impl Communicator {
     pub fn has_nccl(&self) -> bool {
         #[cfg(feature = "nccl")]
         {
-            self.nccl.is_some()
+            self.memory.nccl.is_some()
         }
         #[cfg(not(feature = "nccl"))]
         {
@@ -204,7 +269,7 @@ impl Communicator {
             let stream = &self.ranks[r].stream;
             let (src, _read) = inputs[r].device_ptr(stream);
             let (dst, _write) = outputs[r].device_ptr_mut(stream);
-            self.launch_rank(r, src, dst, len, T::DTYPE, plan, opts)
+            self.launch(Call { rank: r, input: src, output: dst, len, dtype: T::DTYPE, plan }, opts, None)
         })
     }
 
@@ -227,7 +292,7 @@ impl Communicator {
         let plan = self.plan(len, T::DTYPE, opts)?;
         self.issue_every_rank(plan, |r| {
             let (ptr, _write) = buffers[r].device_ptr_mut(&self.ranks[r].stream);
-            self.launch_rank(r, ptr, ptr, len, T::DTYPE, plan, opts)
+            self.launch(Call { rank: r, input: ptr, output: ptr, len, dtype: T::DTYPE, plan }, opts, None)
         })
     }
 
@@ -255,9 +320,10 @@ impl Communicator {
         }
         self.check_buffer(rank, output.stream(), output.len(), input.len())?;
         let plan = self.plan(input.len(), T::DTYPE, opts)?;
+        let _one_call_order = self.launch_lock(rank)?;
         let (src, _read) = input.device_ptr(&r.stream);
         let (dst, _write) = output.device_ptr_mut(&r.stream);
-        self.launch_rank(rank, src, dst, input.len(), T::DTYPE, plan, opts)
+        self.launch(Call { rank, input: src, output: dst, len: input.len(), dtype: T::DTYPE, plan }, opts, None)
     }
 
     /// In-place variant of [`Communicator::all_reduce_rank`].
@@ -267,8 +333,9 @@ impl Communicator {
         let len = buffer.len();
         self.check_buffer(rank, buffer.stream(), len, len)?;
         let plan = self.plan(len, T::DTYPE, opts)?;
+        let _one_call_order = self.launch_lock(rank)?;
         let (ptr, _write) = buffer.device_ptr_mut(&r.stream);
-        self.launch_rank(rank, ptr, ptr, len, T::DTYPE, plan, opts)
+        self.launch(Call { rank, input: ptr, output: ptr, len, dtype: T::DTYPE, plan }, opts, None)
     }
 
     /// Raw entry point for engines that manage their own memory: all-reduce
@@ -278,9 +345,8 @@ impl Communicator {
     ///
     /// A call on a stream being captured into a CUDA graph is captured (each
     /// rank's graph holds its kernels); every replay is a new call of every
-    /// rank, in each rank's one order. The graph refers to this
-    /// communicator's device memory: keep the communicator alive while the
-    /// graph may be replayed.
+    /// rank, in each rank's one order. The graph holds the communicator's
+    /// device memory it refers to ([module docs](self)).
     ///
     /// # Safety
     /// 1. `input` and `output` are device addresses on rank `rank`'s GPU with
@@ -288,7 +354,7 @@ impl Communicator {
     ///    non-overlapping (checked).
     /// 2. `stream` is a live stream of that GPU's primary context.
     /// 3. The buffers stay allocated until the collective completes (every
-    ///    replay, for a captured call), and so does the communicator.
+    ///    replay, for a captured call).
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn all_reduce_raw(
         &self,
@@ -304,27 +370,39 @@ impl Communicator {
         let r = self.rank(rank)?;
         check_raw_buffers(rank, input, output, len, dtype)?;
         let plan = self.plan(len, dtype, opts)?;
+        let _one_call_order = self.launch_lock(rank)?;
         r.ctx.bind_to_thread()?;
         // SAFETY: caller contract 2 (a live stream of this context).
         let user = unsafe { r.ctx.wrap_borrowed_stream(stream) };
         r.stream.join(&user)?;
-        self.launch_rank(rank, input, output, len, dtype, plan, opts)?;
+        self.launch(Call { rank, input, output, len, dtype, plan }, opts, None)?;
         user.join(&r.stream)?;
         Ok(())
     }
 
-    /// Issues `launch(rank)` for every rank, in rank order, while holding
-    /// the all-rank lock (two threads' calls cannot interleave ranks); inside
-    /// an NCCL group when the plan is NCCL (one thread issues every rank).
+    /// Issues `launch(rank)` for every rank, in rank order, as one unit:
+    /// under the all-rank lock (two threads' calls cannot interleave ranks),
+    /// with every rank's launch lock taken before the first launch (a rank
+    /// busy with another thread's call fails the call before anything is
+    /// queued); inside an NCCL group when the plan is NCCL. A launch that
+    /// fails after others were queued aborts every rank's collectives: the
+    /// ranks no longer agree on the calls made.
     fn issue_every_rank(&self, plan: Plan, mut launch: impl FnMut(usize) -> Result<()>) -> Result<()> {
         let _one_call_at_a_time = lock(&self.issue_all);
+        let _every_rank = (0..self.world_size()).map(|r| self.launch_lock(r)).collect::<Result<Vec<_>>>()?;
         let mut all = || (0..self.world_size()).try_for_each(&mut launch);
         #[cfg(feature = "nccl")]
-        if plan == Plan::Nccl {
-            return crate::nccl::NcclComms::group(all);
+        let issued = if plan == Plan::Nccl { crate::nccl::NcclComms::group(all) } else { all() };
+        #[cfg(not(feature = "nccl"))]
+        let issued = {
+            let _ = plan;
+            all()
+        };
+        if let Err(e) = &issued {
+            self.abort_kernels()?;
+            lock(&self.poisoned).get_or_insert_with(|| format!("a call could not be queued on every rank: {e}"));
         }
-        let _ = plan;
-        all()
+        issued
     }
 
     fn check_buffer(&self, rank: usize, stream: &CudaStream, len: usize, expected_len: usize) -> Result<()> {
@@ -352,51 +430,120 @@ impl Communicator {
         first.map_or(Ok(()), Err)
     }
 
-    /// Waits for one rank's queued collectives; see [`Communicator::synchronize`].
+    /// Waits for one rank's queued collectives (on the communicator's
+    /// stream of that rank) and reports its error: one its kernels recorded,
+    /// a peer's failure that reached it, or one `recover()` found for it.
     pub fn synchronize_rank(&self, rank: usize) -> Result<()> {
         let r = self.rank(rank)?;
-        r.stream.synchronize()?;
-        let mut word = [0u32];
-        r.sync.read_words(&r.stream, sync_area::ERROR, &mut word)?;
-        let err = ErrorWord(word[0]);
-        let (peer, block) = (err.peer() as usize, err.block() as usize);
-        let error = match err.kind() {
-            0 => return Ok(()),
-            ErrorWord::KIND_MISMATCH => Error::CollectiveMismatch { rank, peer, block },
-            _ => Error::PeerTimeout { rank, peer, phase: if err.phase() == 0 { "entry" } else { "second" }, block },
+        let _no_recover = lock(&r.launch);
+        let pending = std::mem::take(&mut lock(&self.errors)[rank].pending);
+        let words = if pending != 0 {
+            [pending; 1 + MAX_WORLD]
+        } else {
+            r.stream.synchronize()?;
+            let mut words = [0u32; 1 + MAX_WORLD];
+            self.memory.ranks[rank].sync.read_words(&r.stream, sync_area::ERROR, &mut words)?;
+            words
         };
+        let Some(error) = device_error(rank, &words[..1 + self.world_size()]) else { return Ok(()) };
+        lock(&self.errors)[rank].reported = words[0];
         lock(&self.poisoned).get_or_insert_with(|| error.to_string());
         Err(error)
     }
 
-    /// Makes the communicator usable again after a watchdog or mismatch
-    /// error: holds every launch lock (no thread queues a call meanwhile),
-    /// waits for every rank's stream, then resets every rank's flags, tags,
-    /// epochs and error word on that rank's own stream and waits for the
-    /// resets (no kernel runs then, so no peer can race them). Calls
-    /// captured in CUDA graphs must not be replayed concurrently.
+    /// Makes the communicator usable again after an error. In order: aborts
+    /// every rank's collectives still running (their ranks get
+    /// [`Error::Aborted`]); takes every lock (no thread queues a call
+    /// meanwhile: per-rank calls wait); waits for all work on every GPU of
+    /// the communicator (graph replays included); keeps each rank's error
+    /// that its host was not told yet, to be reported by its next
+    /// [`Communicator::synchronize_rank`] (that rank refuses calls until
+    /// then); zeroes every rank's flags, tags, epochs, poison and error
+    /// words on the rank's own stream and waits for it.
+    ///
+    /// Afterwards every rank must restart from a common point: calls queued
+    /// before `recover()` did not complete on every rank (report their
+    /// errors with `synchronize`), and all ranks continue with the same
+    /// next call.
     pub fn recover(&self) -> Result<()> {
+        self.recovering.store(true, Ordering::SeqCst);
+        let recovered = self.recover_locked();
+        self.recovering.store(false, Ordering::SeqCst);
+        recovered
+    }
+
+    fn recover_locked(&self) -> Result<()> {
+        self.abort_kernels()?;
         let _no_all_rank_calls = lock(&self.issue_all);
         let _no_launches: Vec<_> = self.ranks.iter().map(|r| lock(&r.launch)).collect();
-        for r in &self.ranks {
-            r.stream.synchronize()?;
+        for (i, r) in self.ranks.iter().enumerate() {
+            if !self.ranks[..i].iter().any(|q| Arc::ptr_eq(&q.ctx, &r.ctx)) {
+                r.ctx.synchronize()?;
+            }
         }
-        for r in &self.ranks {
-            r.sync.zero(&r.stream)?;
+        for (rank, (r, memory)) in self.ranks.iter().zip(&self.memory.ranks).enumerate() {
+            let mut word = [0u32];
+            memory.sync.read_words(&r.stream, sync_area::ERROR, &mut word)?;
+            let mut errors = lock(&self.errors);
+            if word[0] != 0 && word[0] != errors[rank].reported {
+                errors[rank].pending = word[0];
+            }
+            errors[rank].reported = 0;
+        }
+        for (r, memory) in self.ranks.iter().zip(&self.memory.ranks) {
+            memory.sync.zero(&r.stream)?;
         }
         *lock(&self.poisoned) = None;
+        crate::driver::graph::drop_released();
+        Ok(())
+    }
+
+    /// Stops every rank's collectives that are running or queued: the host
+    /// writes an abort word into every poison slot of every rank (on a
+    /// stream of its own, so it lands while kernels spin), which kernels
+    /// check at entry and while they wait (docs/design.md R6).
+    fn abort_kernels(&self) -> Result<()> {
+        let abort = [ErrorWord::new(ErrorWord::KIND_ABORTED, 0, 0, 0).0; MAX_WORLD];
+        for (r, memory) in self.ranks.iter().zip(&self.memory.ranks) {
+            memory.sync.write_words(&r.abort_stream, sync_area::POISON, &abort[..self.world_size()])?;
+        }
         Ok(())
     }
 
     /// This rank's launch lock; another thread holding it is a second call
-    /// order for one rank, refused (module docs).
+    /// order for one rank, refused (module docs), unless `recover()` holds
+    /// it: then wait. A rank with an error its host was not told refuses
+    /// calls.
     fn launch_lock(&self, rank: usize) -> Result<MutexGuard<'_, ()>> {
-        match self.ranks[rank].launch.try_lock() {
-            Ok(guard) => Ok(guard),
-            Err(TryLockError::Poisoned(p)) => Ok(p.into_inner()),
-            Err(TryLockError::WouldBlock) => Err(Error::ConcurrentCall { rank }),
+        let guard = match self.ranks[rank].launch.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) if self.recovering.load(Ordering::SeqCst) => lock(&self.ranks[rank].launch),
+            Err(TryLockError::WouldBlock) => return Err(Error::ConcurrentCall { rank }),
+        };
+        if lock(&self.errors)[rank].pending != 0 {
+            return Err(Error::Poisoned(format!("rank {rank} has an error from before recover() that synchronize_rank({rank}) has not reported yet")));
         }
+        Ok(guard)
     }
+}
+
+/// The error a rank's error word and poison words (`words[0]`, then one per
+/// rank) report, if any. An abort poison alone (no kernel of the rank ran
+/// into it) is not an error of this rank.
+fn device_error(rank: usize, words: &[u32]) -> Option<Error> {
+    let err = ErrorWord(words[0]);
+    let (peer, block) = (err.peer() as usize, err.block() as usize);
+    Some(match err.kind() {
+        0 => {
+            let peer = words[1..].iter().position(|&w| w != 0 && ErrorWord(w).kind() != ErrorWord::KIND_ABORTED)?;
+            Error::PeerFailed { rank, peer }
+        }
+        ErrorWord::KIND_MISMATCH | ErrorWord::KIND_EPOCH_SKEW => Error::CollectiveMismatch { rank, peer, block },
+        ErrorWord::KIND_PEER_FAILED => Error::PeerFailed { rank, peer },
+        ErrorWord::KIND_ABORTED => Error::Aborted { rank },
+        _ => Error::PeerTimeout { rank, peer, phase: if err.phase() == 0 { "entry" } else { "second" }, block },
+    })
 }
 
 /// Checks of the raw entry point's pointers: alignment, address arithmetic,
@@ -419,9 +566,11 @@ fn check_raw_buffers(rank: usize, input: u64, output: u64, len: usize, dtype: Dt
 impl Drop for Communicator {
     fn drop(&mut self) {
         // Buffers must outlive queued kernels; errors are recorded by cudarc.
+        // Graphs that captured calls keep their own reference to them.
         for r in &self.ranks {
             let synced = r.stream.synchronize();
             r.ctx.record_err(synced);
         }
+        crate::driver::graph::drop_released();
     }
 }

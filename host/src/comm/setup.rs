@@ -3,18 +3,19 @@
 //! staging, one-shot and sync buffers, and how many blocks every rank can
 //! keep resident.
 use super::launch::{oneshot_elems, ONESHOT_GRID};
-use super::{tuning, Communicator, Rank};
+use super::{tuning, Communicator, DeviceState, PeerPointers, Rank, RankErrors, RankMemory};
 use crate::config::Config;
 use crate::driver;
 use crate::error::{Error, Result};
 use crate::kernels::{KernelImage, LoadedKernels};
 use crate::peer_buffer::PeerBuffer;
 use cudarc::driver::{sys, CudaContext};
-use flashcomm_kernels::abi::{sync_area, CollectiveArgs, MAX_BLOCKS, MAX_WORLD, THREADS};
+use flashcomm_kernels::abi::{sync_area, BarrierArgs, MAX_BLOCKS, MAX_WORLD, THREADS};
 use flashcomm_kernels::codec::layout::PLAIN_SHARD_UNIT;
 use flashcomm_kernels::codec::{Dtype, ShardLayout, Wire, CHUNK};
 use flashcomm_kernels::entry::KernelId;
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 /// Bytes between consecutive shard blobs in a staging buffer, and between
@@ -45,41 +46,38 @@ impl Communicator {
     /// and allocates the staging and flag memory once.
     pub fn new(devices: &[usize], config: Config, image: &KernelImage) -> Result<Self> {
         config.validate()?;
+        crate::driver::graph::drop_released();
         let shared = check_device_list(devices, &config)?;
         let ctxs = open_contexts(devices)?;
         enable_peer_access(devices, &ctxs)?;
         let kernels = load_kernels_everywhere(&ctxs, image)?;
         let strides = Strides::new(&config, devices.len());
-        let mut ranks = build_ranks(devices, &ctxs, kernels, &config, &strides)?;
-        link_peers(&mut ranks);
-        let resident_blocks = resident_blocks(&ranks, devices)?;
+        let ranks = open_ranks(devices, &ctxs, &config)?;
+        #[allow(unused_mut)]
+        let mut memory = allocate_memory(&ranks, kernels, &strides)?;
+        let (peers, ranks) = link_peers(ranks, &memory, &strides);
+        let resident_blocks = resident_blocks(&ranks, &memory, devices)?;
         let oneshot_grid = Dtype::ALL.iter().fold(ONESHOT_GRID, |g, &d| g.min(resident_blocks[&KernelId::OneShot(d)]));
-        let mut oneshot_buffers = [0; MAX_WORLD];
-        for (slot, r) in oneshot_buffers.iter_mut().zip(&ranks) {
-            *slot = r.oneshot.ptr();
-        }
         let gpu_name = ranks[0].ctx.name()?;
         let thresholds = config.thresholds.unwrap_or_else(|| tuning::builtin(&gpu_name, devices.len()));
         #[cfg(feature = "nccl")]
-        let nccl = if config.nccl_fallback && !shared && crate::nccl::available() {
-            crate::nccl::NcclComms::new(ranks.iter().map(|r| r.stream.clone()).collect()).ok()
-        } else {
-            None
-        };
+        if config.nccl_fallback && !shared && crate::nccl::available() {
+            memory.nccl = crate::nccl::NcclComms::new(ranks.iter().map(|r| r.stream.clone()).collect()).ok();
+        }
         let _ = shared;
         let comm = Self {
+            errors: Mutex::new(vec![RankErrors::default(); ranks.len()]),
             ranks,
+            memory: Arc::new(memory),
+            peers,
             config,
             thresholds,
             resident_blocks,
-            oneshot_buffers,
-            oneshot_stride: strides.oneshot,
             oneshot_grid,
             gpu_name,
             poisoned: Mutex::new(None),
+            recovering: AtomicBool::new(false),
             issue_all: Mutex::new(()),
-            #[cfg(feature = "nccl")]
-            nccl,
         };
         comm.probe_peers()?;
         Ok(comm)
@@ -92,34 +90,34 @@ impl Communicator {
         for i in 0..world {
             for j in (0..world).filter(|&j| j != i) {
                 let (a, b) = (&self.ranks[i], &self.ranks[j]);
+                let (a_sync, b_sync) = (&self.memory.ranks[i].sync, &self.memory.ranks[j].sync);
                 let pattern = 0x5EED_0000 | (i as u32) << 8 | j as u32;
                 let token = 0xC0DE_0000 | (j as u32) << 8 | i as u32;
-                b.sync.write_words(&b.stream, sync_area::PROBE, &[0, pattern])?;
-                a.sync.write_words(&a.stream, sync_area::PROBE, &[0, 0])?;
+                b_sync.write_words(&b.stream, sync_area::PROBE, &[0, pattern])?;
+                a_sync.write_words(&a.stream, sync_area::PROBE, &[0, 0])?;
                 a.ctx.bind_to_thread()?;
-                let (mut remote, mut local, mut token_arg) = (b.sync.ptr() + 4 * sync_area::PROBE as u64, a.sync.ptr() + 4 * sync_area::PROBE as u64, token);
+                let (mut remote, mut local, mut token_arg) = (b_sync.ptr() + 4 * sync_area::PROBE as u64, a_sync.ptr() + 4 * sync_area::PROBE as u64, token);
                 let mut params = [
                     &mut remote as *mut u64 as *mut std::ffi::c_void,
                     &mut local as *mut u64 as *mut std::ffi::c_void,
                     &mut token_arg as *mut u32 as *mut std::ffi::c_void,
                 ];
+                let probe = self.memory.ranks[i].kernels.get(KernelId::PeerProbe)?;
                 // SAFETY: a's context is bound; peer_probe takes (u32*, u32*, u32);
                 // `remote` is b's cuMemAlloc memory with peer access enabled,
                 // `local` a's own; the reads below wait for the kernel.
-                unsafe {
-                    driver::launch::launch_with_params(a.kernels.get(KernelId::PeerProbe)?.cu_function(), 1, 32, a.stream.cu_stream(), &mut params)?
-                };
+                unsafe { driver::launch::launch_with_params(probe.cu_function(), 1, 32, a.stream.cu_stream(), &mut params)? };
                 let (mut seen, mut written) = ([0u32; 1], [0u32; 1]);
-                a.sync.read_words(&a.stream, sync_area::PROBE, &mut seen)?;
-                b.sync.read_words(&b.stream, sync_area::PROBE, &mut written)?;
+                a_sync.read_words(&a.stream, sync_area::PROBE, &mut seen)?;
+                b_sync.read_words(&b.stream, sync_area::PROBE, &mut written)?;
                 if seen[0] != pattern || written[0] != token {
                     let why = format!("probe read {:#x} (expected {pattern:#x}) and wrote {:#x} (expected {token:#x})", seen[0], written[0]);
                     return Err(Error::PeerAccessUnavailable { from: a.device, to: b.device, why });
                 }
             }
         }
-        for r in &self.ranks {
-            r.sync.zero(&r.stream)?;
+        for (r, memory) in self.ranks.iter().zip(&self.memory.ranks) {
+            memory.sync.zero(&r.stream)?;
         }
         Ok(())
     }
@@ -187,75 +185,90 @@ fn load_kernels_everywhere(ctxs: &[Arc<CudaContext>], image: &KernelImage) -> Re
     })
 }
 
-/// Every rank's stream, buffers and argument template (peer pointers are
-/// filled in by [`link_peers`]).
-fn build_ranks(devices: &[usize], ctxs: &[Arc<CudaContext>], kernels: Vec<LoadedKernels>, config: &Config, strides: &Strides) -> Result<Vec<Rank>> {
+/// Every rank's stream and barrier template (peer pointers are filled in
+/// by [`link_peers`]).
+fn open_ranks(devices: &[usize], ctxs: &[Arc<CudaContext>], config: &Config) -> Result<Vec<Rank>> {
     let world = devices.len();
-    let mut ranks = Vec::with_capacity(world);
-    for (rank, ((&device, ctx), kernels)) in devices.iter().zip(ctxs).zip(kernels).enumerate() {
-        let stream = ctx.new_stream()?;
-        ranks.push(Rank {
-            device,
-            staging_in: PeerBuffer::zeroed(ctx, world * strides.shard, &stream)?,
-            staging_out: PeerBuffer::zeroed(ctx, world * strides.shard, &stream)?,
-            oneshot: PeerBuffer::zeroed(ctx, 2 * world * strides.oneshot, &stream)?,
-            sync: PeerBuffer::zeroed(ctx, sync_area::BYTES, &stream)?,
-            stream,
-            ctx: ctx.clone(),
-            kernels,
-            args: CollectiveArgs {
-                input: 0,
-                output: 0,
-                len: 0,
-                piece_len: 0,
-                staging_in: [0; MAX_WORLD],
-                staging_out: [0; MAX_WORLD],
-                sync: [0; MAX_WORLD],
-                shard_stride: strides.shard as u64,
-                timeout_ns: config.timeout.map_or(0, |t| t.as_nanos() as u64),
-                rank: rank as u32,
-                world: world as u32,
-                shard_unit: 0,
-                tag: 0,
-                transport: 0,
-                _pad: 0,
-            },
-            launch: Mutex::new(()),
-        });
-    }
-    Ok(ranks)
+    devices
+        .iter()
+        .zip(ctxs)
+        .enumerate()
+        .map(|(rank, (&device, ctx))| {
+            Ok(Rank {
+                device,
+                stream: ctx.new_stream()?,
+                abort_stream: ctx.new_stream()?,
+                ctx: ctx.clone(),
+                barrier: BarrierArgs {
+                    sync: [0; MAX_WORLD],
+                    timeout_ns: config.timeout.map_or(0, |t| t.as_nanos() as u64),
+                    rank: rank as u32,
+                    world: world as u32,
+                    tag: 0,
+                    _pad: 0,
+                },
+                launch: Mutex::new(()),
+            })
+        })
+        .collect()
+}
+
+/// Every rank's buffers, allocated once and zeroed on its stream.
+fn allocate_memory(ranks: &[Rank], kernels: Vec<LoadedKernels>, strides: &Strides) -> Result<DeviceState> {
+    let world = ranks.len();
+    let memory = ranks
+        .iter()
+        .zip(kernels)
+        .map(|(r, kernels)| {
+            Ok(RankMemory {
+                kernels,
+                staging_in: PeerBuffer::zeroed(&r.ctx, world * strides.shard, &r.stream)?,
+                staging_out: PeerBuffer::zeroed(&r.ctx, world * strides.shard, &r.stream)?,
+                oneshot: PeerBuffer::zeroed(&r.ctx, 2 * world * strides.oneshot, &r.stream)?,
+                sync: PeerBuffer::zeroed(&r.ctx, sync_area::BYTES, &r.stream)?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(DeviceState {
+        ranks: memory,
+        #[cfg(feature = "nccl")]
+        nccl: None,
+    })
 }
 
 /// Every rank's peer pointers, once: with peer access enabled a `cuMemAlloc`
 /// address is valid on every GPU of the communicator.
-fn link_peers(ranks: &mut [Rank]) {
-    let world = ranks.len();
-    let column = |f: fn(&Rank) -> u64, ranks: &[Rank]| {
+fn link_peers(mut ranks: Vec<Rank>, memory: &DeviceState, strides: &Strides) -> (PeerPointers, Vec<Rank>) {
+    let column = |f: fn(&RankMemory) -> u64| {
         let mut out = [0u64; MAX_WORLD];
-        for (o, r) in out.iter_mut().zip(ranks) {
-            *o = f(r);
+        for (o, m) in out.iter_mut().zip(&memory.ranks) {
+            *o = f(m);
         }
         out
     };
-    let ins = column(|r| r.staging_in.ptr(), ranks);
-    let outs = column(|r| r.staging_out.ptr(), ranks);
-    let syncs = column(|r| r.sync.ptr(), ranks);
+    let syncs = column(|m| m.sync.ptr());
     for r in ranks.iter_mut() {
-        r.args.staging_in[..world].copy_from_slice(&ins[..world]);
-        r.args.staging_out[..world].copy_from_slice(&outs[..world]);
-        r.args.sync[..world].copy_from_slice(&syncs[..world]);
+        r.barrier.sync = syncs;
     }
+    let peers = PeerPointers {
+        staging_in: column(|m| m.staging_in.ptr()),
+        staging_out: column(|m| m.staging_out.ptr()),
+        oneshot: column(|m| m.oneshot.ptr()),
+        shard_stride: strides.shard,
+        oneshot_stride: strides.oneshot,
+    };
+    (peers, ranks)
 }
 
 /// Blocks of every rank's kernel must be resident together (they wait on
 /// each other, docs/design.md R5); ranks sharing a GPU split its capacity.
 /// Per kernel, the minimum over ranks, so every rank launches the same grid.
-fn resident_blocks(ranks: &[Rank], devices: &[usize]) -> Result<HashMap<KernelId, u32>> {
+fn resident_blocks(ranks: &[Rank], memory: &DeviceState, devices: &[usize]) -> Result<HashMap<KernelId, u32>> {
     let mut fewest: HashMap<KernelId, u32> = HashMap::new();
-    for rank in ranks {
+    for (rank, memory) in ranks.iter().zip(&memory.ranks) {
         let sharing = devices.iter().filter(|&&d| d == rank.device).count() as u32;
         let sms = rank.ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
-        for (k, f) in rank.kernels.iter() {
+        for (k, f) in memory.kernels.iter() {
             let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(THREADS, 0, None)?;
             let blocks = (sms * per_sm.max(0) as u32 / sharing).min(MAX_BLOCKS as u32);
             let entry = fewest.entry(k).or_insert(blocks);

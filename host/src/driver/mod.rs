@@ -4,6 +4,7 @@
 //! Every function is a thin shell around one `cudarc::driver::sys` call that
 //! turns the status into a `Result`. The `unsafe` ones say under `# Safety`
 //! what the caller must guarantee; nothing above this module calls `sys`.
+pub mod graph;
 pub mod launch;
 pub mod memory;
 pub mod peer;

@@ -258,3 +258,22 @@ pub fn fence_acq_rel_sys() {
     // SAFETY: a fence touches no memory location itself.
     unsafe { asm!("fence.acq_rel.sys;", options(nostack, preserves_flags)) };
 }
+
+/// `atom.relaxed.gpu.global.cas.b32`: stores `new` at `p` if it holds
+/// `expected`; returns the old value. On this GPU's own memory only (no peer
+/// atomics, docs/design.md R3).
+///
+/// # Safety
+/// `p` must point to a 4-byte aligned global `u32` of this GPU.
+#[inline(always)]
+pub unsafe fn atom_cas_relaxed_gpu_u32(p: *mut u32, expected: u32, new: u32) -> u32 {
+    let old: u32;
+    // SAFETY: the caller guarantees a valid, aligned, local global address.
+    unsafe {
+        asm!(
+            "{{ .reg .u64 g; cvta.to.global.u64 g, {p}; atom.relaxed.gpu.global.cas.b32 {old}, [g], {e}, {n}; }}",
+            p = in(reg64) p, e = in(reg32) expected, n = in(reg32) new, old = out(reg32) old, options(nostack, preserves_flags)
+        )
+    };
+    old
+}

@@ -44,9 +44,9 @@
 //! barrier is needed (docs/design.md R9). Piece `k` uses epoch `e0 + 1 + k`
 //! at both barriers, where `e0` is the block's stored epoch; the block
 //! stores `e0 + pieces` at the end.
-use super::barrier::cross_rank_barrier;
+use super::barrier::{cross_rank_barrier, entry_check};
 use super::chunk::{decode_chunk, encode_chunk, fetch_chunk, load_words, pick, store_chunk, store_elements, sum_over_ranks, unpack_words, unroll, ChunkPos};
-use crate::abi::{sync_area, CollectiveArgs, Phase, PhaseSkip, ShardGeometry, Transport, THREADS, TILE_ELEMS};
+use crate::abi::{sync_area, Phase, PhaseSkip, ShardGeometry, Transport, TwoStepArgs, THREADS, TILE_ELEMS};
 use crate::codec::wire::kind;
 use crate::codec::{Bf16, Element, ShardLayout, WireKind, CHUNK, F16};
 use crate::intrinsics::mem::{ld_global_u32, st_global_u32};
@@ -64,7 +64,7 @@ const fn owner_decodes<AG: WireKind>() -> bool {
 
 /// What every phase of one two-step call needs; uniform across the block.
 struct TwoStepCall<'a> {
-    a: &'a CollectiveArgs,
+    a: &'a TwoStepArgs,
     tid: usize,
     world: usize,
     me: usize,
@@ -326,10 +326,10 @@ impl TwoStepCall<'_> {
 /// `a` describes valid, peer-mapped buffers sized for this call; every
 /// thread of the block runs this.
 #[inline(always)]
-unsafe fn twostep<E: Element, RS: WireKind, AG: WireKind>(a: &CollectiveArgs, skip: PhaseSkip) {
+unsafe fn twostep<E: Element, RS: WireKind, AG: WireKind>(a: &TwoStepArgs, skip: PhaseSkip) {
     let block = block_idx() as usize;
     let blocks = grid_dim() as usize;
-    let world = a.world as usize;
+    let world = a.barrier.world as usize;
     let len = a.len as usize;
     let piece_len = a.piece_len as usize;
     let pieces = len.div_ceil(piece_len);
@@ -338,7 +338,7 @@ unsafe fn twostep<E: Element, RS: WireKind, AG: WireKind>(a: &CollectiveArgs, sk
         a,
         tid: thread_idx() as usize,
         world,
-        me: a.rank as usize,
+        me: a.barrier.rank as usize,
         geo,
         rs_layout: ShardLayout::new(geo.shard_groups, a.shard_unit as usize, RS::WIRE),
         ag_layout: ShardLayout::new(geo.shard_groups, a.shard_unit as usize, AG::WIRE),
@@ -347,7 +347,7 @@ unsafe fn twostep<E: Element, RS: WireKind, AG: WireKind>(a: &CollectiveArgs, sk
         push_rs: Transport::pushes_reduce_scatter(a.transport),
         push_ag: Transport::pushes_all_gather(a.transport),
     };
-    let my_sync = pick(&a.sync, c.me) as *mut u32;
+    let my_sync = pick(&a.barrier.sync, c.me) as *mut u32;
     // SAFETY: this rank's sync area; the store of the new epoch happens after
     // the last barrier, when every thread has read the old one.
     let epoch0 = unsafe { ld_global_u32(my_sync.add(sync_area::EPOCHS + block)) };
@@ -356,6 +356,12 @@ unsafe fn twostep<E: Element, RS: WireKind, AG: WireKind>(a: &CollectiveArgs, sk
     let reduce = !skip.contains(PhaseSkip::REDUCE);
     let gather = !skip.contains(PhaseSkip::GATHER);
 
+    // A rank that failed, or learnt of a failure, runs nothing more until
+    // `recover()` (barrier docs: no call can pair with another one).
+    // SAFETY: every thread of the block makes this call.
+    if !unsafe { entry_check(&a.barrier, block) } {
+        return;
+    }
     // The schedule of the module docs. Every phase call runs on converged
     // warps and writes only buffers that are free at that point.
     let mut t = block;
@@ -367,7 +373,7 @@ unsafe fn twostep<E: Element, RS: WireKind, AG: WireKind>(a: &CollectiveArgs, sk
     for k in 0..pieces {
         let epoch = epoch0.wrapping_add(1 + k as u32);
         // SAFETY: every thread of the block reaches the barrier.
-        if !unsafe { cross_rank_barrier(a, Phase::Staged, block, epoch) } {
+        if !unsafe { cross_rank_barrier(&a.barrier, Phase::Staged, block, epoch) } {
             return;
         }
         let mut t = block;
@@ -377,7 +383,7 @@ unsafe fn twostep<E: Element, RS: WireKind, AG: WireKind>(a: &CollectiveArgs, sk
             t += blocks;
         }
         // SAFETY: every thread of the block reaches the barrier.
-        if !unsafe { cross_rank_barrier(a, Phase::Reduced, block, epoch) } {
+        if !unsafe { cross_rank_barrier(&a.barrier, Phase::Reduced, block, epoch) } {
             return;
         }
         let next = k + 1 < pieces;
@@ -409,7 +415,7 @@ macro_rules! twostep_entry_points {
                 /// # Safety
                 /// `args` must describe valid, peer-mapped buffers sized for this call.
                 #[export_name = crate::twostep_kernel_name!("", bf16, $rn, $an)]
-                unsafe extern "ptx-kernel" fn entry(args: CollectiveArgs) {
+                unsafe extern "ptx-kernel" fn entry(args: TwoStepArgs) {
                     // SAFETY: forwarded caller contract.
                     unsafe { twostep::<Bf16, kind::$rv, kind::$av>(&args, PhaseSkip::NONE) }
                 }
@@ -422,7 +428,7 @@ macro_rules! twostep_entry_points {
                 /// # Safety
                 /// `args` must describe valid, peer-mapped buffers sized for this call.
                 #[export_name = crate::twostep_kernel_name!("", f16, $rn, $an)]
-                unsafe extern "ptx-kernel" fn entry(args: CollectiveArgs) {
+                unsafe extern "ptx-kernel" fn entry(args: TwoStepArgs) {
                     // SAFETY: forwarded caller contract.
                     unsafe { twostep::<F16, kind::$rv, kind::$av>(&args, PhaseSkip::NONE) }
                 }
@@ -442,7 +448,7 @@ macro_rules! diagnostic_entry_points {
                 /// # Safety
                 /// As the production kernel of the same name without `diag_`.
                 #[export_name = crate::twostep_kernel_name!("diag_", $dtype, $rn, $an)]
-                unsafe extern "ptx-kernel" fn entry(args: CollectiveArgs, skip: PhaseSkip) {
+                unsafe extern "ptx-kernel" fn entry(args: TwoStepArgs, skip: PhaseSkip) {
                     // SAFETY: forwarded caller contract.
                     unsafe { twostep::<$elem, kind::$rv, kind::$av>(&args, skip) }
                 }
