@@ -76,18 +76,23 @@ remote)
         timeout 600 "$stage/gpu-tests-old" --test-threads=1 ${GPU_TEST_FILTER:-reliability::} 2>&1 \
           | tee "$out/gpu-tests-old.log" || true ;;
       sanitize)
-        # compute-sanitizer over the suite with the watchdog off (the
-        # slowdown would fire it) and fewer random cases; the tests whose
-        # own watchdog must fire (failure paths) are skipped under memcheck.
+        # compute-sanitizer over the suite, one test at a time (each with its
+        # own time limit, so one slow test does not cost the others), with
+        # the watchdog off (the slowdown would fire it) and fewer random
+        # cases; tests whose own short watchdog must fire are left out.
         san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-        skip="--skip failure:: --skip reliability::late --skip reliability::split --skip reliability::recover --skip reliability::busy"
         export FLASHCOMM_TIMEOUT_MS=0 FLASHCOMM_GPU_CASES=${SANITIZE_CASES:-24} CUDA_VISIBLE_DEVICES=${SANITIZE_GPUS:-0,1}
-        { timeout 500 "$san" --tool memcheck --print-limit 20 "$stage/gpu-tests" --test-threads=1 $skip
+        tests=$("$stage/gpu-tests" --list 2>/dev/null | sed -n 's/: test$//p' | grep -vE '^(failure::|reliability::(late|split|recover|busy|mismatch)|gpu_is_available)')
+        { for t in $tests; do
+            echo "=== memcheck $t"
+            timeout "${SANITIZE_TEST_S:-90}" "$san" --tool memcheck --print-limit 20 "$stage/gpu-tests" --test-threads=1 --exact "$t" || echo "=== $t: exit $?"
+          done
           for tool in racecheck synccheck initcheck; do
+            echo "=== $tool allreduce::consecutive_calls_and_pieces"
             timeout 240 "$san" --tool $tool --print-limit 20 "$stage/gpu-tests" --test-threads=1 --exact allreduce::consecutive_calls_and_pieces
           done; } 2>&1 | tee "$out/sanitize.log" || status=1
         unset FLASHCOMM_TIMEOUT_MS FLASHCOMM_GPU_CASES CUDA_VISIBLE_DEVICES
-        grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test result" "$out/sanitize.log" | tee "$out/sanitize-summary.txt" ;;
+        grep -E "^=== |ERROR SUMMARY|RACECHECK SUMMARY|test result" "$out/sanitize.log" | tee "$out/sanitize-summary.txt" ;;
       bench)
         timeout 900 "$stage/bench-allreduce" --no-progress --out "$out" ${BENCH_ARGS:-} 2>&1 | tee "$out/bench.log" || status=1 ;;
       bench-graphs)

@@ -10,7 +10,7 @@ use crate::common::*;
 use cudarc::driver::CudaSlice;
 use flashcomm::reference::reference_all_reduce;
 use flashcomm::synth::Rng;
-use flashcomm::{Algorithm, CallOptions, Communicator, Config, Quantization, KERNELS};
+use flashcomm::{Algorithm, CallOptions, Communicator, Config, Quantization};
 use half::bf16;
 use std::time::{Duration, Instant};
 
@@ -334,9 +334,10 @@ pub fn graph_outlives_communicator() -> TestResult {
     let outs: Vec<Vec<bf16>> = graphs.iter().zip(&d_out).map(|((s, _), o)| ctx(s.clone_dtoh(o), "download")).collect::<Result<_, _>>()?;
     let refs: Vec<&[bf16]> = inputs.iter().map(|v| v.as_slice()).collect();
     compare_bits(&outs, &ctx(reference_all_reduce(&refs, &Quantization::INT8), "reference")?, "replay after the communicator was dropped")?;
+    println!("reliability::graph_outlives_communicator: on {devices:?}: graphs replayed after the communicator was dropped, exact");
     drop(graphs);
     // A new communicator frees what the graphs held.
-    let again = ctx(Communicator::new(&devices, exact_config(), &KERNELS), "create again")?;
+    let (again, _) = communicator_on_gpus_there_are(world, exact_config())?;
     one_exact_call(&again, &mut rng, 10_000, "a new communicator after the graphs")
 }
 

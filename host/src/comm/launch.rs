@@ -183,16 +183,22 @@ impl Communicator {
             // SAFETY: `graph` is being captured on this context's stream.
             unsafe { driver::graph::retain_in_graph(graph, self.memory.clone())? };
         }
-        if call.plan == Plan::Nccl {
-            return self.launch_nccl(&call);
-        }
-        match call.plan.twostep() {
+        let launched = match call.plan.twostep() {
+            _ if call.plan == Plan::Nccl => return self.launch_nccl(&call),
             Some((rs, ag, unit)) if call.len > 0 => {
                 let transport = opts.transport.unwrap_or(self.config.transport).word();
                 self.launch_twostep(&call, (rs, ag, unit), transport, skip)
             }
             _ => self.launch_oneshot(&call),
+        };
+        // A launch that failed may leave part of the call queued (the
+        // one-shot's later launches): the ranks no longer agree on the
+        // calls made, so every rank's collectives stop.
+        if let Err(e) = &launched {
+            self.abort_kernels()?;
+            super::lock(&self.poisoned).get_or_insert_with(|| format!("rank {}: a launch failed: {e}", call.rank));
         }
+        launched
     }
 
     /// The two-step kernel runs all pieces of the message in one launch

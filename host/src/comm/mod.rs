@@ -447,7 +447,10 @@ impl Communicator {
         };
         let Some(error) = device_error(rank, &words[..1 + self.world_size()]) else { return Ok(()) };
         lock(&self.errors)[rank].reported = words[0];
-        lock(&self.poisoned).get_or_insert_with(|| error.to_string());
+        // An error from before recover() needs no new recover().
+        if pending == 0 {
+            lock(&self.poisoned).get_or_insert_with(|| error.to_string());
+        }
         Err(error)
     }
 
