@@ -128,7 +128,7 @@ impl Contender {
 }
 
 /// The default contenders: NCCL, the unquantized one-shot and two-shot,
-/// Flash at INT8 / INT6 (4 then 8) / INT4 with groups of 128, and `Auto`
+/// Flash at int8 / int4-int8 / int4 with groups of 128, and `Auto`
 /// without and with INT8 allowed.
 pub fn default_contenders() -> Vec<Contender> {
     vec![

@@ -354,6 +354,32 @@ fn balanced_piece(len: usize, max_piece: usize) -> usize {
 mod tests {
     use super::*;
 
+    fn call(len: usize, plan: Plan) -> Call {
+        Call { rank: 0, input: 0, output: 0, len, dtype: Dtype::Bf16, plan }
+    }
+
+    /// A call's launches carry its whole shape: the one-shot's launches of
+    /// a 3M-element call (2M then 1M) do not pass for calls of 2M and 1M,
+    /// an empty call not for a non-empty one, and equal calls agree.
+    #[test]
+    fn tags_cover_the_whole_call() {
+        let one = KernelId::OneShot(Dtype::Bf16);
+        let (m2, m1) = (2 << 20, 1 << 20);
+        let split = [call(3 << 20, Plan::OneShot).tag(0, m2, one, CHUNK, 0), call(3 << 20, Plan::OneShot).tag(1, m1, one, CHUNK, 0)];
+        let separate = [call(m2, Plan::OneShot).tag(0, m2, one, CHUNK, 0), call(m1, Plan::OneShot).tag(0, m1, one, CHUNK, 0)];
+        assert_ne!(split[0], separate[0]);
+        assert_ne!(split[1], separate[1]);
+        assert_ne!(call(0, Plan::OneShot).tag(0, 0, one, CHUNK, 0), call(4096, Plan::OneShot).tag(0, 4096, one, CHUNK, 0));
+        assert_eq!(call(4096, Plan::OneShot).tag(0, 4096, one, CHUNK, 0), call(4096, Plan::OneShot).tag(0, 4096, one, CHUNK, 0));
+        // The diagnostic kernel never pairs with the production one.
+        let (rs, ag) = (Wire::Plain, Wire::Plain);
+        let twostep = call(1 << 20, Plan::TwoShot);
+        assert_ne!(
+            twostep.tag(0, 1 << 20, KernelId::TwoStep { dtype: Dtype::Bf16, rs, ag }, 256, 3),
+            twostep.tag(0, 1 << 20, KernelId::TwoStepDiagnostic { dtype: Dtype::Bf16, rs, ag }, 256, 3)
+        );
+    }
+
     #[test]
     fn balanced_pieces_cover_the_message_within_capacity() {
         let max = 32 << 20;

@@ -7,7 +7,7 @@
 //! | 4    | 8 bytes: bits 4i..4i+4 of the little-endian 64-bit word = code i | none |
 //! | 6    | 8 bytes: low nibble of code i, as INT4 | 4 bytes: bits 2i..2i+2 = code i >> 4 |
 //!
-//! INT6 is "bit split" (FlashCommunication V2): a 4-bit plane and a 2-bit plane,
+//! 6-bit codes are "bit split" (FlashCommunication V2): a 4-bit plane and a 2-bit plane,
 //! both naturally aligned, instead of codes straddling bytes.
 use super::layout::CHUNK;
 use super::wire::{Bits, Wire};

@@ -158,7 +158,7 @@ fn cfg_set(name: &str) -> Result<Vec<Cfg>, String> {
             }
             v
         }
-        // every configuration, INT6 at every group size too (no diagnostics)
+        // every configuration, int4-int8 at every group size too (no diagnostics)
         "all" => {
             let mut v = vec!["exact".to_string(), "none".to_string()];
             for bits in ["int8", "int4-int8", "int4"] {
