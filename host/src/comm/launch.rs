@@ -183,9 +183,9 @@ impl Communicator {
             // SAFETY: `graph` is being captured on this context's stream.
             unsafe { driver::graph::retain_in_graph(graph, self.memory.clone())? };
         }
-        let launched = match call.plan.twostep() {
-            _ if call.plan == Plan::Nccl => return self.launch_nccl(&call),
-            Some((rs, ag, unit)) if call.len > 0 => {
+        let launched = match (call.plan, call.plan.twostep()) {
+            (Plan::Nccl, _) => self.launch_nccl(&call),
+            (_, Some((rs, ag, unit))) if call.len > 0 => {
                 let transport = opts.transport.unwrap_or(self.config.transport).word();
                 self.launch_twostep(&call, (rs, ag, unit), transport, skip)
             }

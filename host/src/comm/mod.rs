@@ -69,7 +69,7 @@ use flashcomm_kernels::abi::{sync_area, BarrierArgs, ErrorWord, Transport, MAX_W
 use flashcomm_kernels::codec::Dtype;
 use flashcomm_kernels::entry::KernelId;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 /// Per-call overrides of the communicator's [`Config`].
@@ -149,6 +149,9 @@ pub struct Communicator {
     /// Set while `recover()` runs: launches wait for it instead of failing
     /// with `ConcurrentCall`.
     recovering: AtomicBool,
+    /// Completed `recover()`s: `synchronize_rank` reads its words again
+    /// when one ran while it read them.
+    recoveries: AtomicU64,
     /// Held while an all-rank entry point issues every rank's launch, so two
     /// threads' calls cannot interleave ranks.
     issue_all: Mutex<()>,
@@ -435,23 +438,32 @@ impl Communicator {
     /// a peer's failure that reached it, or one `recover()` found for it.
     pub fn synchronize_rank(&self, rank: usize) -> Result<()> {
         let r = self.rank(rank)?;
-        let _no_recover = lock(&r.launch);
-        let pending = std::mem::take(&mut lock(&self.errors)[rank].pending);
-        let words = if pending != 0 {
-            [pending; 1 + MAX_WORLD]
-        } else {
-            r.stream.synchronize()?;
-            let mut words = [0u32; 1 + MAX_WORLD];
-            self.memory.ranks[rank].sync.read_words(&r.stream, sync_area::ERROR, &mut words)?;
-            words
-        };
-        let Some(error) = device_error(rank, &words[..1 + self.world_size()]) else { return Ok(()) };
-        lock(&self.errors)[rank].reported = words[0];
-        // An error from before recover() needs no new recover().
-        if pending == 0 {
-            lock(&self.poisoned).get_or_insert_with(|| error.to_string());
+        loop {
+            let generation = self.recoveries.load(Ordering::SeqCst);
+            let pending = std::mem::take(&mut lock(&self.errors)[rank].pending);
+            let words = if pending != 0 {
+                [pending; 1 + MAX_WORLD]
+            } else {
+                r.stream.synchronize()?;
+                let mut words = [0u32; 1 + MAX_WORLD];
+                self.memory.ranks[rank].sync.read_words(&r.stream, sync_area::ERROR, &mut words)?;
+                words
+            };
+            let mut errors = lock(&self.errors);
+            // A recover() in between may have found (and kept) these words
+            // or zeroed them: read again.
+            if pending == 0 && self.recoveries.load(Ordering::SeqCst) != generation {
+                continue;
+            }
+            let Some(error) = device_error(rank, &words[..1 + self.world_size()]) else { return Ok(()) };
+            errors[rank].reported = words[0];
+            drop(errors);
+            // An error from before recover() needs no new recover().
+            if pending == 0 {
+                lock(&self.poisoned).get_or_insert_with(|| error.to_string());
+            }
+            return Err(error);
         }
-        Err(error)
     }
 
     /// Makes the communicator usable again after an error. In order: aborts
@@ -496,6 +508,8 @@ impl Communicator {
         for (r, memory) in self.ranks.iter().zip(&self.memory.ranks) {
             memory.sync.zero(&r.stream)?;
         }
+        let _errors = lock(&self.errors);
+        self.recoveries.fetch_add(1, Ordering::SeqCst);
         *lock(&self.poisoned) = None;
         crate::driver::graph::drop_released();
         Ok(())

@@ -15,7 +15,7 @@ use flashcomm_kernels::codec::layout::PLAIN_SHARD_UNIT;
 use flashcomm_kernels::codec::{Dtype, ShardLayout, Wire, CHUNK};
 use flashcomm_kernels::entry::KernelId;
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 
 /// Bytes between consecutive shard blobs in a staging buffer, and between
@@ -77,6 +77,7 @@ impl Communicator {
             gpu_name,
             poisoned: Mutex::new(None),
             recovering: AtomicBool::new(false),
+            recoveries: AtomicU64::new(0),
             issue_all: Mutex::new(()),
         };
         comm.probe_peers()?;
