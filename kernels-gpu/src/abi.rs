@@ -286,10 +286,6 @@ impl PhaseSkip {
         self.0 & other.0 == other.0
     }
 
-    /// Both sets of phases.
-    pub const fn union(self, other: Self) -> Self {
-        Self(self.0 | other.0)
-    }
 }
 
 /// Shard geometry of one call, derived identically on every rank from
