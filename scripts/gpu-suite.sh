@@ -3,7 +3,7 @@
 #
 #   scripts/gpu-suite.sh stage            # here: build release test/bench/main binaries, packed into .gpu-stage/bins.tar.gz
 #                                         #   (STAGE_EXTRA="f1 f2": variant binaries or wrappers named bench-<name>, packed too)
-#   scripts/gpu-suite.sh remote [WHAT..]  # on the GPU host (repo root): run them; WHAT = tests | sanitize | tests-old | bench | bench-graphs | bench-phases | bench-transports | bench-pieces | bench-variants | torch | main
+#   scripts/gpu-suite.sh remote [WHAT..]  # on the GPU host (repo root): run them; WHAT = tests | sanitize | tests-old | bench | bench-graphs | bench-phases | bench-transports | bench-pieces | bench-variants | torch | main | startup
 #
 # With the device tool: stage, then run
 #   bash scripts/gpu-suite.sh remote tests bench     (carry: [".gpu-stage"])
@@ -76,22 +76,36 @@ remote)
         timeout 600 "$stage/gpu-tests-old" --test-threads=1 ${GPU_TEST_FILTER:-reliability::} 2>&1 \
           | tee "$out/gpu-tests-old.log" || true ;;
       sanitize)
-        # compute-sanitizer over the suite, one test at a time (each with its
-        # own time limit, so one slow test does not cost the others), with
-        # the watchdog off (the slowdown would fire it) and fewer random
-        # cases; tests whose own short watchdog must fire are left out.
+        # compute-sanitizer over the whole suite, one test at a time, each
+        # with its own time limit (SANITIZE_TEST_S, SANITIZE_LONG_S), the
+        # exact-config watchdog off (the 10-100x slowdown would fire it),
+        # fewer random cases and 30 instead of 300 back-to-back calls. Tests whose own short watchdog must fire keep it: their
+        # healthy calls run under the sanitizer's slowdown too, so a spurious
+        # timeout there shows as a test failure, never as a hidden error.
+        # The NCCL tests run with --report-api-errors no: NCCL probes its own
+        # kernel images with cudaFuncGetAttributes, expecting error 209 for
+        # the architectures it was not built for. SANITIZE_TESTS (a regex)
+        # picks tests; SANITIZE_TOOLS the extra tools run on one test.
         san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-        export FLASHCOMM_TIMEOUT_MS=0 FLASHCOMM_GPU_CASES=${SANITIZE_CASES:-24} CUDA_VISIBLE_DEVICES=${SANITIZE_GPUS:-0,1}
-        tests=$("$stage/gpu-tests" --list 2>/dev/null | sed -n 's/: test$//p' | grep -vE '^(failure::|reliability::(late|split|recover|busy|mismatch)|gpu_is_available)')
+        export FLASHCOMM_TIMEOUT_MS=0 FLASHCOMM_GPU_CASES=${SANITIZE_CASES:-24} FLASHCOMM_BACK_TO_BACK_CALLS=${SANITIZE_CALLS:-30}
+        tests=$("$stage/gpu-tests" --list 2>/dev/null | sed -n 's/: test$//p' | grep -v '^gpu_is_available$' | grep -E "${SANITIZE_TESTS:-.}" || true)
         { for t in $tests; do
+            api=()
+            case "$t" in *nccl*) api=(--report-api-errors no) ;; esac
+            limit=${SANITIZE_TEST_S:-240}
+            case "$t" in *back_to_back*|*random_cases*|*shared_device_ranks*) limit=${SANITIZE_LONG_S:-420} ;; esac
             echo "=== memcheck $t"
-            timeout "${SANITIZE_TEST_S:-90}" "$san" --tool memcheck --print-limit 20 "$stage/gpu-tests" --test-threads=1 --exact "$t" || echo "=== $t: exit $?"
+            start=$SECONDS
+            timeout "$limit" "$san" --tool memcheck --print-limit 20 "${api[@]}" "$stage/gpu-tests" --test-threads=1 --exact "$t" || echo "=== $t: exit $?"
+            echo "=== $t: $((SECONDS - start)) s"
           done
-          for tool in racecheck synccheck initcheck; do
-            echo "=== $tool allreduce::consecutive_calls_and_pieces"
-            timeout 240 "$san" --tool $tool --print-limit 20 "$stage/gpu-tests" --test-threads=1 --exact allreduce::consecutive_calls_and_pieces
+          for tool in ${SANITIZE_TOOLS-racecheck synccheck initcheck}; do
+            for t in allreduce::consecutive_calls_and_pieces reliability::late_rank_gets_an_error; do
+              echo "=== $tool $t"
+              timeout 240 "$san" --tool $tool --print-limit 20 "$stage/gpu-tests" --test-threads=1 --exact $t || echo "=== $t: exit $?"
+            done
           done; } 2>&1 | tee "$out/sanitize.log" || status=1
-        unset FLASHCOMM_TIMEOUT_MS FLASHCOMM_GPU_CASES CUDA_VISIBLE_DEVICES
+        unset FLASHCOMM_TIMEOUT_MS FLASHCOMM_GPU_CASES FLASHCOMM_BACK_TO_BACK_CALLS
         grep -E "^=== |ERROR SUMMARY|RACECHECK SUMMARY|test result" "$out/sanitize.log" | tee "$out/sanitize-summary.txt" ;;
       bench)
         timeout 900 "$stage/bench-allreduce" --no-progress --out "$out" ${BENCH_ARGS:-} 2>&1 | tee "$out/bench.log" || status=1 ;;
@@ -136,6 +150,16 @@ remote)
           | tee "$out/torch.log" || status=1 ;;
       main)
         timeout 600 "$stage/flashcomm" 2>&1 | tee "$out/main.log" || status=1 ;;
+      startup)
+        # Communicator::new over every GPU, each in a fresh process: SASS
+        # and PTX, with an empty JIT cache, with the cache disabled, and warm.
+        { for code in "" --ptx; do
+            cache=$(mktemp -d)
+            CUDA_CACHE_PATH=$cache timeout 300 "$stage/flashcomm" startup $code || status=1
+            CUDA_CACHE_PATH=$cache timeout 300 "$stage/flashcomm" startup $code || status=1
+            CUDA_CACHE_DISABLE=1 timeout 300 "$stage/flashcomm" startup $code || status=1
+            rm -rf "$cache"
+          done; } 2>&1 | tee "$out/startup.log" ;;
       *) echo "unknown step $what"; status=2 ;;
     esac
   done

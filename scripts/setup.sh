@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh x86-64 Linux machine with rustup, python3 (pip)
 # and a C linker (cc). Installs:
-#   - the pinned nightly of rust-toolchain.toml with rust-src and llvm-tools
-#     (the kernels are built from source for nvptx64 by build.rs);
-#   - ptxas (PyPI nvidia-cuda-nvcc-cu12) into .tools/, for scripts/check-ptx.sh;
+#   - the stable toolchain of rust-toolchain.toml (the library, tests, bench
+#     and tools; cargo would also install it on first use);
+#   - for rebuilding the kernel image (scripts/build-kernels.sh; CI checks
+#     kernel-image/ against a rebuild): the nightly pinned in
+#     kernels-gpu/rust-toolchain.toml with rust-src and llvm-tools, and ptxas
+#     (PyPI nvidia-cuda-nvcc-cu12) in .tools/;
 #   - with --eval: the SmolLM2 model and the texts for the accuracy evaluation.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,9 +17,12 @@ if ! command -v rustup >/dev/null; then
   echo "  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal" >&2
   exit 1
 fi
-channel=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
-rustup toolchain install "$channel" --profile minimal --component rust-src --component llvm-tools
-rustc --version
+stable=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+rustup toolchain install "$stable" --profile minimal
+nightly=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' kernels-gpu/rust-toolchain.toml)
+rustup toolchain install "$nightly" --profile minimal --component rust-src --component llvm-tools
+rustup run "$stable" rustc --version
+rustup run "$nightly" rustc --version
 
 ptxas=.tools/nvcc/nvidia/cuda_nvcc/bin/ptxas
 if [ ! -x "$ptxas" ]; then

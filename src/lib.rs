@@ -5,7 +5,8 @@
 //! activations are quantized in small groups (INT8/6/4, per-group min/max),
 //! reduce-scattered in one hop, summed in f32, re-quantized and all-gathered
 //! in one hop, in fused GPU kernels written in Rust (`kernels-gpu`, compiled
-//! to PTX by rustc's nvptx64 backend at build time and embedded here).
+//! to PTX by rustc's nvptx64 backend and assembled to SASS ahead of time;
+//! the image is embedded here, so this crate builds on stable Rust).
 //!
 //! Every result equals the CPU reference reducer
 //! ([`reference::reference_all_reduce`]) bit for bit, on every rank.
@@ -25,10 +26,21 @@
 //! # Ok(())
 //! # }
 //! ```
+#![warn(missing_docs)]
 pub use flashcomm_host::*;
 
 /// The device crate (codec, launch ABI, entry-point table), shared with the kernels.
 pub use flashcomm_kernels as device;
 
-/// The PTX of every flashcomm kernel, built from `kernels-gpu` by `build.rs`.
-pub static KERNELS: KernelImage = KernelImage { ptx: include_str!(concat!(env!("OUT_DIR"), "/flashcomm_kernels.ptx")) };
+/// flashcomm's kernels, prebuilt from `kernels-gpu` by
+/// `scripts/build-kernels.sh` (`kernel-image/`, checked against a rebuild
+/// in CI): PTX for compute capability 8.0 and newer, and SASS for sm_80
+/// (A100, and sm_86/89 GPUs) and sm_90 (H100/H200), which load without the
+/// driver's JIT compilation.
+pub static KERNELS: KernelImage = KernelImage {
+    ptx: include_str!("../kernel-image/flashcomm_kernels.ptx"),
+    sass: &[
+        Sass { arch: (8, 0), cubin: include_bytes!("../kernel-image/flashcomm_kernels.sm_80.cubin") },
+        Sass { arch: (9, 0), cubin: include_bytes!("../kernel-image/flashcomm_kernels.sm_90.cubin") },
+    ],
+};

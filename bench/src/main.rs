@@ -9,7 +9,8 @@
 //!   (CPU reference reducer, which the GPU matches bit for bit).
 //!
 //! Subcommands: `codec-table`, `check`, `bench [--full] [--out DIR]`,
-//! `ptx` (print the embedded PTX).
+//! `startup [--ptx]` (time `Communicator::new` over every GPU, the first in
+//! this process), `ptx` (print the embedded PTX).
 use flashcomm::device::codec::ShardLayout;
 use flashcomm::reference::{exact_sum_f64, reference_all_reduce, round_trip_group};
 use flashcomm::{Bits, GroupSize, Quantization, Quantized, Wire};
@@ -23,6 +24,7 @@ fn main() -> ExitCode {
         Some("codec-table") => codec_table(),
         Some("check") => gpu_check(),
         Some("bench") => bench(&args[1..], gpus),
+        Some("startup") => startup(args.get(1).map(String::as_str) == Some("--ptx"), gpus),
         Some("ptx") => {
             use std::io::Write;
             // A closed pipe (`| head`) is not an error worth a panic.
@@ -30,7 +32,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Some("help" | "--help" | "-h") => {
-            println!("usage: flashcomm [codec-table | check | bench [--full] [--out DIR] | ptx]");
+            println!("usage: flashcomm [codec-table | check | bench [--full] [--out DIR] | startup [--ptx] | ptx]");
             Ok(())
         }
         Some(other) => Err(format!("unknown command {other:?} (try --help)")),
@@ -48,6 +50,33 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Times the first `Communicator::new` of this process over every GPU (two
+/// ranks sharing the GPU where there is one): driver start, contexts, peer
+/// access and probe, loading the kernels (SASS, or with `--ptx` the PTX the
+/// driver JIT-compiles), buffers. Run it in a fresh process per setting
+/// (`CUDA_CACHE_DISABLE=1`, an empty `CUDA_CACHE_PATH`) to see cold starts.
+fn startup(ptx_only: bool, gpus: usize) -> Result<(), String> {
+    if gpus == 0 {
+        return Err("startup needs a GPU".into());
+    }
+    let devices: Vec<usize> = if gpus >= 2 { (0..gpus).collect() } else { vec![0, 0] };
+    let config = flashcomm::Config { shared_devices: gpus < 2, ..flashcomm::Config::default() };
+    let image = if ptx_only { flashcomm::KERNELS.ptx_only() } else { flashcomm::KERNELS };
+    let start = std::time::Instant::now();
+    let comm = flashcomm::Communicator::new(&devices, config, &image).map_err(|e| e.to_string())?;
+    let elapsed = start.elapsed();
+    let code = comm.kernel_code(0).map_err(|e| e.to_string())?;
+    let cache = |v: &str| std::env::var(v).unwrap_or_else(|_| "-".into());
+    println!(
+        "startup: Communicator::new over devices {devices:?} ({}): {:.3} s; kernels: {code}; CUDA_CACHE_DISABLE={} CUDA_CACHE_PATH={}",
+        comm.gpu_name(),
+        elapsed.as_secs_f64(),
+        cache("CUDA_CACHE_DISABLE"),
+        cache("CUDA_CACHE_PATH")
+    );
+    Ok(())
 }
 
 fn rel_l2(out: impl Iterator<Item = f64>, exact: &[f64]) -> (f64, f64) {

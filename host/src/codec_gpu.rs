@@ -60,7 +60,7 @@ impl GpuCodec {
         // SAFETY: the context is bound; the codec kernels take
         // (ptr, u64, u32, u32, ptr); the callers pass buffers sized for `len`
         // elements and the blob layout, ordered on this stream.
-        unsafe { driver::launch::launch_with_params(self.kernels.get(kernel)?.cu_function(), blocks, THREADS, self.stream.cu_stream(), &mut params)? };
+        unsafe { driver::launch::launch_with_params(self.kernels.get(kernel)?.handle(), blocks, THREADS, self.stream.cu_stream(), &mut params)? };
         Ok(())
     }
 

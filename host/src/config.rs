@@ -178,7 +178,23 @@ pub const MAX_PIECE_ELEMS: usize = 1 << 28;
 /// Longest watchdog timeout.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// Communicator configuration.
+/// Communicator configuration. Every field has a default; the environment
+/// can override some (`Config::with_env_overrides`).
+///
+/// ```
+/// use flashcomm::{Algorithm, Config, Quantization};
+/// use std::time::Duration;
+///
+/// // Allow INT8 (Auto then picks Flash from its size threshold up), a
+/// // tighter watchdog, and INT4-then-INT8 with groups of 64 spelled out.
+/// let config = Config { quantization: Quantization::INT8, timeout: Some(Duration::from_millis(50)), ..Config::default() };
+/// config.validate().unwrap();
+/// assert_eq!(config.algorithm, Algorithm::Auto);
+/// let q = Quantization::parse("int4-int8-g64").unwrap();
+/// assert_eq!(q.label(), "int4-int8-g64");
+/// // Out-of-range settings are typed errors before any GPU is touched.
+/// assert!(Config { timeout: Some(Duration::ZERO), ..Config::default() }.validate().is_err());
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// Quantization Flash uses; `None` also keeps `Auto` unquantized.

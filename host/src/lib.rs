@@ -4,8 +4,9 @@
 //! stream-ordered copies, launches with argument blocks) -> checked RAII
 //! memory in [`peer_buffer`] and loaded [`kernels`] -> [`comm`], the
 //! [`Communicator`] and its algorithms. Beside them: [`config`],
-//! [`reference`] (the CPU reference reducer every GPU result is compared
+//! [`reference`](mod@reference) (the CPU reference reducer every GPU result is compared
 //! with, bit for bit) and [`Error`].
+#![warn(missing_docs)]
 pub mod config;
 pub mod element;
 pub mod error;
@@ -30,7 +31,7 @@ pub mod nccl;
 pub mod peer_buffer;
 
 pub use comm::{CallOptions, Communicator, Plan};
-pub use kernels::KernelImage;
+pub use kernels::{KernelCode, KernelImage, Sass};
 
 /// Number of CUDA GPUs visible to this process; 0 without a driver. Never panics.
 pub fn gpu_count() -> usize {

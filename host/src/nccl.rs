@@ -12,8 +12,7 @@ use std::sync::{Arc, Mutex};
 
 /// Whether `libnccl.so` can be loaded (never panics).
 pub fn available() -> bool {
-    // SAFETY: only tries to open the shared library.
-    unsafe { sys::is_culib_present() }
+    crate::driver::library_present("nccl")
 }
 
 fn nccl_err(what: &str, e: result::NcclError) -> Error {

@@ -1,4 +1,4 @@
-//! [`PeerBuffer`]: checked RAII device memory over the [`driver`](crate::driver) layer.
+//! [`PeerBuffer`]: checked RAII device memory over the [`driver`] layer.
 use crate::driver;
 use crate::error::{Error, Result};
 use cudarc::driver::{sys, CudaContext, CudaStream};

@@ -1,7 +1,7 @@
 //! Device side of flashcomm.
 //!
 //! Layers, each using only the ones above it:
-//! 1. [`intrinsics`] (nvptx64 only): the one home of `asm!` and `llvm.nvvm.*`:
+//! 1. `intrinsics` (nvptx64 only): the one home of `asm!` and `llvm.nvvm.*`:
 //!    thread ids, warp shuffles, scoped memory operations, conversions, timers.
 //! 2. [`codec`]: per-group quantization, bit packing and the byte layout of a
 //!    quantized shard. Pure Rust, compiled for the GPU *and* the host, so the
@@ -13,6 +13,7 @@
 //! Only the nvptx64 build needs nightly features; the host build of the
 //! codec, the ABI and the entry table is plain stable Rust.
 #![no_std]
+#![warn(missing_docs)]
 #![cfg_attr(
     target_arch = "nvptx64",
     feature(abi_ptx, stdarch_nvptx, asm_experimental_arch, link_llvm_intrinsics, stmt_expr_attributes)

@@ -182,3 +182,39 @@ pub fn replay_all(comm: &Communicator, graphs: &[(Arc<CudaStream>, CudaGraph)], 
 /// The real-activation fixture (row-parallel partial sums of SmolLM2-135M).
 #[path = "../support/fixture.rs"]
 pub mod fixture;
+
+/// A spin kernel (hand-written PTX, so this test needs nothing from the
+/// library): every thread waits until `%globaltimer` passes start + `ns`.
+pub const BUSY_PTX: &str = r#"
+.version 7.0
+.target sm_80
+.address_size 64
+.visible .entry busy_wait(.param .u64 ns)
+{
+    .reg .pred %p;
+    .reg .b64 %rd<5>;
+    ld.param.u64 %rd1, [ns];
+    mov.u64 %rd2, %globaltimer;
+    add.u64 %rd3, %rd2, %rd1;
+WAIT:
+    mov.u64 %rd4, %globaltimer;
+    setp.lt.u64 %p, %rd4, %rd3;
+    @%p bra WAIT;
+    ret;
+}
+"#;
+
+/// [`BUSY_PTX`]'s kernel loaded on `context`.
+pub fn busy_kernel(context: &Arc<cudarc::driver::CudaContext>) -> Result<cudarc::driver::CudaFunction, Failed> {
+    let module = ctx(context.load_module(cudarc::nvrtc::Ptx::from_src(BUSY_PTX)), "load busy_wait")?;
+    ctx(module.load_function("busy_wait"), "busy_wait")
+}
+
+/// Queues one warp of [`BUSY_PTX`] spinning `ns` nanoseconds on `stream`.
+pub fn spin(stream: &CudaStream, busy: &cudarc::driver::CudaFunction, ns: u64) -> TestResult {
+    use cudarc::driver::{LaunchConfig, PushKernelArg};
+    let one = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: busy_wait takes one u64 and touches no memory.
+    ctx(unsafe { stream.launch_builder(busy).arg(&ns).launch(one) }, "launch busy_wait")?;
+    Ok(())
+}

@@ -12,6 +12,7 @@ mod codec;
 mod common;
 mod failure;
 mod reliability;
+mod streams;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -34,6 +35,9 @@ fn main() {
         ("allreduce::real_activations_bit_exact", 1, allreduce::real_activations_bit_exact),
         ("allreduce::nccl_baseline_agrees", 2, allreduce::nccl_baseline_agrees),
         ("allreduce::auto_nccl_fallback", 2, allreduce::auto_nccl_fallback),
+        ("streams::engine_streams_ordered", 2, streams::engine_streams_ordered),
+        ("streams::from_engine_streams", 2, streams::from_engine_streams),
+        ("streams::sass_and_ptx_agree", 1, streams::sass_and_ptx_agree),
         ("failure::watchdog_missing_rank", 2, failure::watchdog_missing_rank),
         ("failure::watchdog_missing_rank_shared_device", 1, failure::watchdog_missing_rank_shared_device),
         ("failure::mismatched_lengths_detected", 2, failure::mismatched_lengths_detected),

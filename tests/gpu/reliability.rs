@@ -225,27 +225,6 @@ pub fn recover_is_ordered() -> TestResult {
     Ok(())
 }
 
-/// A spin kernel (hand-written PTX, so this test needs nothing from the
-/// library): every thread waits until `%globaltimer` passes start + `ns`.
-const BUSY_PTX: &str = r#"
-.version 7.0
-.target sm_80
-.address_size 64
-.visible .entry busy_wait(.param .u64 ns)
-{
-    .reg .pred %p;
-    .reg .b64 %rd<5>;
-    ld.param.u64 %rd1, [ns];
-    mov.u64 %rd2, %globaltimer;
-    add.u64 %rd3, %rd2, %rd1;
-WAIT:
-    mov.u64 %rd4, %globaltimer;
-    setp.lt.u64 %p, %rd4, %rd3;
-    @%p bra WAIT;
-    ret;
-}
-"#;
-
 /// A call while another stream keeps the last rank's GPU full with a long
 /// kernel: the collective's blocks there start only as the busy kernel
 /// ends. A short busy time (below the watchdog) must give an exact result;

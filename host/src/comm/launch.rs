@@ -225,7 +225,7 @@ impl Communicator {
         };
         let tiles = ShardGeometry::new(piece_len.min(call.len), self.world_size(), unit).tiles.max(1) as u32;
         let blocks = tiles.min(self.resident(kernel)?);
-        let func = self.memory.ranks[call.rank].kernels.get(kernel)?.cu_function();
+        let func = self.memory.ranks[call.rank].kernels.get(kernel)?.handle();
         // SAFETY: the context is bound; the kernel takes one TwoStepArgs
         // (plus the phases to skip, for a diagnostic kernel); staging and
         // sync buffers are owned by `self.memory` (kept alive by graphs that
@@ -248,7 +248,7 @@ impl Communicator {
     fn launch_oneshot(&self, call: &Call) -> Result<()> {
         let r = &self.ranks[call.rank];
         let kernel = KernelId::OneShot(call.dtype);
-        let func = self.memory.ranks[call.rank].kernels.get(kernel)?.cu_function();
+        let func = self.memory.ranks[call.rank].kernels.get(kernel)?.handle();
         let piece = self.piece_elems(Plan::OneShot);
         let mut start = 0;
         for launch in 0.. {

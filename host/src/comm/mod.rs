@@ -27,10 +27,14 @@
 //!
 //! # Streams
 //! Collectives run on the communicator's stream of each rank, so two
-//! collectives of one rank never run concurrently (docs/design.md H9). The
-//! `CudaSlice`/`CudaView` entry points order themselves after earlier work
-//! on the buffers through cudarc's events; the raw entry point orders itself
-//! after the caller's stream and makes the caller's stream wait for it.
+//! collectives of one rank never run concurrently (docs/design.md H9): its
+//! own streams ([`Communicator::new`]) or the engine's
+//! ([`Communicator::from_streams`]). A call whose buffers belong to another
+//! stream (`CudaSlice::stream`), or whose raw entry point names another
+//! stream, is ordered after the work queued there so far, and that stream
+//! waits for the call, through explicit events: correct whether or not the
+//! context is in cudarc's multi-stream mode (candle's is not). On the
+//! rank's own stream no event is needed, and none is recorded.
 //!
 //! # Residency
 //! A call's blocks wait for the same blocks of every peer, so on every GPU
@@ -89,7 +93,7 @@ struct Rank {
     stream: Arc<CudaStream>,
     /// Where the host writes the abort into the sync area while kernels may
     /// still run on `stream` (`Communicator::abort_kernels`).
-    abort_stream: Arc<CudaStream>,
+    abort_stream: crate::driver::stream::OwnedStream,
     /// This rank's barrier arguments with every field but the tag filled in.
     barrier: BarrierArgs,
     /// Serialises this rank's launches: one call at a time, in one order.
@@ -216,6 +220,13 @@ impl Communicator {
         Ok(&self.rank(rank)?.stream)
     }
 
+    /// Which code of the kernel image rank `rank`'s GPU runs (SASS loads in
+    /// milliseconds; PTX is JIT-compiled by the driver at creation).
+    pub fn kernel_code(&self, rank: usize) -> Result<crate::KernelCode> {
+        self.rank(rank)?;
+        Ok(self.memory.ranks[rank].kernels.code())
+    }
+
     /// Whether NCCL communicators exist for the fallback.
     pub fn has_nccl(&self) -> bool {
         #[cfg(feature = "nccl")]
@@ -241,6 +252,28 @@ impl Communicator {
 
     /// All-reduce `inputs[r]` into `outputs[r]` for every rank, from one call.
     /// Asynchronous: [`Communicator::synchronize`] waits and reports watchdog errors.
+    ///
+    /// Buffers are `CudaSlice`s or views of them (`CudaView`, `CudaViewMut`),
+    /// on each rank's GPU, on any stream (module docs: Streams).
+    ///
+    /// ```no_run
+    /// use flashcomm::{Communicator, Config, KERNELS};
+    /// use half::bf16;
+    /// # fn main() -> flashcomm::Result<()> {
+    /// let comm = Communicator::new(&[0, 1], Config::default(), &KERNELS)?;
+    /// let mut inputs = Vec::new();
+    /// let mut outputs = Vec::new();
+    /// for r in 0..comm.world_size() {
+    ///     let stream = comm.stream(r)?;
+    ///     inputs.push(stream.clone_htod(&vec![bf16::from_f32(1.0 + r as f32); 1 << 20])?);
+    ///     outputs.push(stream.alloc_zeros::<bf16>(1 << 20)?);
+    /// }
+    /// comm.all_reduce(&inputs, &mut outputs)?;
+    /// comm.synchronize()?;
+    /// assert_eq!(comm.stream(0)?.clone_dtoh(&outputs[0])?[0], bf16::from_f32(3.0));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn all_reduce<T: HostElement>(&self, inputs: &[impl DevicePtr<T>], outputs: &mut [impl DevicePtrMut<T>]) -> Result<()> {
         self.all_reduce_with(inputs, outputs, &CallOptions::default())
     }
@@ -266,13 +299,19 @@ impl Communicator {
                 return Err(Error::OutputLength { rank: r, input: inputs[r].len(), output: outputs[r].len() });
             }
             self.check_buffer(r, outputs[r].stream(), outputs[r].len(), len)?;
+            let (input, _) = inputs[r].device_ptr(&self.ranks[r].stream);
+            let (output, _) = outputs[r].device_ptr_mut(&self.ranks[r].stream);
+            check_addresses(r, input, output, len, T::DTYPE)?;
         }
         let plan = self.plan(len, T::DTYPE, opts)?;
         self.issue_every_rank(plan, |r| {
             let stream = &self.ranks[r].stream;
-            let (src, _read) = inputs[r].device_ptr(stream);
-            let (dst, _write) = outputs[r].device_ptr_mut(stream);
-            self.launch(Call { rank: r, input: src, output: dst, len, dtype: T::DTYPE, plan }, opts, None)
+            let buffer_streams = [inputs[r].stream().clone(), outputs[r].stream().clone()];
+            self.ordered_with(r, &[&buffer_streams[0], &buffer_streams[1]], || {
+                let (src, _read) = inputs[r].device_ptr(stream);
+                let (dst, _write) = outputs[r].device_ptr_mut(stream);
+                self.launch(Call { rank: r, input: src, output: dst, len, dtype: T::DTYPE, plan }, opts, None)
+            })
         })
     }
 
@@ -282,6 +321,25 @@ impl Communicator {
     }
 
     /// [`Communicator::all_reduce_in_place`] with per-call options.
+    ///
+    /// With views, part of a bigger buffer (16-byte aligned, checked):
+    ///
+    /// ```no_run
+    /// use flashcomm::{Algorithm, CallOptions, Communicator, Config, Quantization, KERNELS};
+    /// use half::f16;
+    /// # fn main() -> flashcomm::Result<()> {
+    /// let comm = Communicator::new(&[0, 1], Config::default(), &KERNELS)?;
+    /// let mut hidden = (0..2)
+    ///     .map(|r| Ok(comm.stream(r)?.alloc_zeros::<f16>(3 * 4096)?))
+    ///     .collect::<flashcomm::Result<Vec<_>>>()?;
+    /// // Reduce only the second of three rows, with INT8 Flash whatever its size.
+    /// let mut rows: Vec<_> = hidden.iter_mut().map(|h| h.slice_mut(4096..2 * 4096)).collect();
+    /// let opts = CallOptions { algorithm: Some(Algorithm::Flash), quantization: Some(Quantization::INT8), ..Default::default() };
+    /// comm.all_reduce_in_place_with(&mut rows, &opts)?;
+    /// comm.synchronize()?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn all_reduce_in_place_with<T: HostElement>(&self, buffers: &mut [impl DevicePtrMut<T>], opts: &CallOptions) -> Result<()> {
         self.check_usable()?;
         let world = self.world_size();
@@ -289,13 +347,18 @@ impl Communicator {
             return Err(Error::BufferCount { world, got: buffers.len() });
         }
         let len = buffers[0].len();
-        for (r, b) in buffers.iter().enumerate() {
+        for (r, b) in buffers.iter_mut().enumerate() {
             self.check_buffer(r, b.stream(), b.len(), len)?;
+            let (ptr, _) = b.device_ptr_mut(&self.ranks[r].stream);
+            check_addresses(r, ptr, ptr, len, T::DTYPE)?;
         }
         let plan = self.plan(len, T::DTYPE, opts)?;
         self.issue_every_rank(plan, |r| {
-            let (ptr, _write) = buffers[r].device_ptr_mut(&self.ranks[r].stream);
-            self.launch(Call { rank: r, input: ptr, output: ptr, len, dtype: T::DTYPE, plan }, opts, None)
+            let buffer_stream = buffers[r].stream().clone();
+            self.ordered_with(r, &[&buffer_stream], || {
+                let (ptr, _write) = buffers[r].device_ptr_mut(&self.ranks[r].stream);
+                self.launch(Call { rank: r, input: ptr, output: ptr, len, dtype: T::DTYPE, plan }, opts, None)
+            })
         })
     }
 
@@ -308,6 +371,27 @@ impl Communicator {
     /// each rank's call must come from its own thread: NCCL blocks a thread
     /// that issues several ranks' calls outside a group. From one thread, use
     /// [`Communicator::all_reduce`] / [`Communicator::all_reduce_in_place`].
+    ///
+    /// ```no_run
+    /// use flashcomm::{CallOptions, Communicator, Config, KERNELS};
+    /// use half::bf16;
+    /// # fn main() -> flashcomm::Result<()> {
+    /// let comm = Communicator::new(&[0, 1], Config::default(), &KERNELS)?;
+    /// std::thread::scope(|s| {
+    ///     for rank in 0..comm.world_size() {
+    ///         let comm = &comm;
+    ///         s.spawn(move || -> flashcomm::Result<()> {
+    ///             let stream = comm.stream(rank)?;
+    ///             let input = stream.clone_htod(&vec![bf16::ONE; 8192])?;
+    ///             let mut output = stream.alloc_zeros::<bf16>(8192)?;
+    ///             comm.all_reduce_rank(rank, &input, &mut output, &CallOptions::default())?;
+    ///             comm.synchronize_rank(rank) // this rank's error, if any
+    ///         });
+    ///     }
+    /// });
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn all_reduce_rank<T: HostElement>(
         &self,
         rank: usize,
@@ -322,11 +406,17 @@ impl Communicator {
             return Err(Error::OutputLength { rank, input: input.len(), output: output.len() });
         }
         self.check_buffer(rank, output.stream(), output.len(), input.len())?;
+        let (src, _) = input.device_ptr(&r.stream);
+        let (dst, _) = output.device_ptr_mut(&r.stream);
+        check_addresses(rank, src, dst, input.len(), T::DTYPE)?;
         let plan = self.plan(input.len(), T::DTYPE, opts)?;
         let _one_call_order = self.launch_lock(rank)?;
-        let (src, _read) = input.device_ptr(&r.stream);
-        let (dst, _write) = output.device_ptr_mut(&r.stream);
-        self.launch(Call { rank, input: src, output: dst, len: input.len(), dtype: T::DTYPE, plan }, opts, None)
+        let output_stream = output.stream().clone();
+        self.ordered_with(rank, &[input.stream(), &output_stream], || {
+            let (src, _read) = input.device_ptr(&r.stream);
+            let (dst, _write) = output.device_ptr_mut(&r.stream);
+            self.launch(Call { rank, input: src, output: dst, len: input.len(), dtype: T::DTYPE, plan }, opts, None)
+        })
     }
 
     /// In-place variant of [`Communicator::all_reduce_rank`].
@@ -335,10 +425,15 @@ impl Communicator {
         let r = self.rank(rank)?;
         let len = buffer.len();
         self.check_buffer(rank, buffer.stream(), len, len)?;
+        let (ptr, _) = buffer.device_ptr_mut(&r.stream);
+        check_addresses(rank, ptr, ptr, len, T::DTYPE)?;
         let plan = self.plan(len, T::DTYPE, opts)?;
         let _one_call_order = self.launch_lock(rank)?;
-        let (ptr, _write) = buffer.device_ptr_mut(&r.stream);
-        self.launch(Call { rank, input: ptr, output: ptr, len, dtype: T::DTYPE, plan }, opts, None)
+        let buffer_stream = buffer.stream().clone();
+        self.ordered_with(rank, &[&buffer_stream], || {
+            let (ptr, _write) = buffer.device_ptr_mut(&r.stream);
+            self.launch(Call { rank, input: ptr, output: ptr, len, dtype: T::DTYPE, plan }, opts, None)
+        })
     }
 
     /// Raw entry point for engines that manage their own memory: all-reduce
@@ -350,6 +445,25 @@ impl Communicator {
     /// rank's graph holds its kernels); every replay is a new call of every
     /// rank, in each rank's one order. The graph holds the communicator's
     /// device memory it refers to ([module docs](self)).
+    ///
+    /// ```no_run
+    /// use flashcomm::cudarc::driver::{DevicePtr, DevicePtrMut};
+    /// use flashcomm::{CallOptions, Communicator, Config, Dtype, KERNELS};
+    /// # fn main() -> flashcomm::Result<()> {
+    /// let comm = Communicator::new(&[0, 1], Config::default(), &KERNELS)?;
+    /// // The engine's own streams and memory (bf16 as raw 16-bit words).
+    /// let streams = (0..2).map(|r| Ok(comm.context(r)?.new_stream()?)).collect::<flashcomm::Result<Vec<_>>>()?;
+    /// let mut xs = streams.iter().map(|s| s.alloc_zeros::<u16>(4096)).collect::<Result<Vec<_>, _>>()?;
+    /// for (rank, (x, stream)) in xs.iter_mut().zip(&streams).enumerate() {
+    ///     let (ptr, _guard) = x.device_ptr_mut(stream);
+    ///     // SAFETY: `x` holds 4096 16-bit elements on this rank's GPU and
+    ///     // lives until the synchronize below has waited for the call.
+    ///     unsafe { comm.all_reduce_raw(rank, ptr, ptr, 4096, Dtype::Bf16, stream.cu_stream(), &CallOptions::default())? };
+    /// }
+    /// comm.synchronize()?;
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Safety
     /// 1. `input` and `output` are device addresses on rank `rank`'s GPU with
@@ -371,15 +485,37 @@ impl Communicator {
     ) -> Result<()> {
         self.check_usable()?;
         let r = self.rank(rank)?;
-        check_raw_buffers(rank, input, output, len, dtype)?;
+        check_addresses(rank, input, output, len, dtype)?;
         let plan = self.plan(len, dtype, opts)?;
         let _one_call_order = self.launch_lock(rank)?;
         r.ctx.bind_to_thread()?;
         // SAFETY: caller contract 2 (a live stream of this context).
         let user = unsafe { r.ctx.wrap_borrowed_stream(stream) };
-        r.stream.join(&user)?;
-        self.launch(Call { rank, input, output, len, dtype, plan }, opts, None)?;
-        user.join(&r.stream)?;
+        self.ordered_with(rank, &[&user], || self.launch(Call { rank, input, output, len, dtype, plan }, opts, None))
+    }
+
+    /// Runs `launch` (rank `rank`'s kernels, queued on its stream) ordered
+    /// after the work queued so far on each of `streams` (the streams the
+    /// call's buffers belong to, or the caller's), and makes each of them
+    /// wait for the call. Explicit events, not cudarc's per-buffer ones:
+    /// those exist only while a context is in cudarc's multi-stream mode,
+    /// which an engine's context (candle's) may never enter. A buffer on
+    /// the rank's own stream needs nothing (`Communicator::from_streams`).
+    fn ordered_with(&self, rank: usize, streams: &[&CudaStream], launch: impl FnOnce() -> Result<()>) -> Result<()> {
+        let own = &self.ranks[rank].stream;
+        let mut foreign: Vec<&CudaStream> = Vec::with_capacity(streams.len());
+        for &s in streams {
+            if s.cu_stream() != own.cu_stream() && !foreign.iter().any(|f| f.cu_stream() == s.cu_stream()) {
+                foreign.push(s);
+            }
+        }
+        for s in &foreign {
+            own.join(s)?;
+        }
+        launch()?;
+        for s in &foreign {
+            s.join(own)?;
+        }
         Ok(())
     }
 
@@ -522,7 +658,7 @@ impl Communicator {
     fn abort_kernels(&self) -> Result<()> {
         let abort = [ErrorWord::new(ErrorWord::KIND_ABORTED, 0, 0, 0).0; MAX_WORLD];
         for (r, memory) in self.ranks.iter().zip(&self.memory.ranks) {
-            memory.sync.write_words(&r.abort_stream, sync_area::POISON, &abort[..self.world_size()])?;
+            memory.sync.write_words(r.abort_stream.stream(), sync_area::POISON, &abort[..self.world_size()])?;
         }
         Ok(())
     }
@@ -563,9 +699,10 @@ fn device_error(rank: usize, words: &[u32]) -> Option<Error> {
     })
 }
 
-/// Checks of the raw entry point's pointers: alignment, address arithmetic,
+/// Checks of a rank's input and output addresses (raw pointers, or views
+/// that may start anywhere in a buffer): alignment, address arithmetic,
 /// overlap.
-fn check_raw_buffers(rank: usize, input: u64, output: u64, len: usize, dtype: Dtype) -> Result<()> {
+fn check_addresses(rank: usize, input: u64, output: u64, len: usize, dtype: Dtype) -> Result<()> {
     for (what, ptr) in [("input", input), ("output", output)] {
         if ptr % 16 != 0 {
             return Err(Error::Misaligned { rank, what, ptr, align: 16 });

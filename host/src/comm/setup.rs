@@ -9,7 +9,7 @@ use crate::driver;
 use crate::error::{Error, Result};
 use crate::kernels::{KernelImage, LoadedKernels};
 use crate::peer_buffer::PeerBuffer;
-use cudarc::driver::{sys, CudaContext};
+use cudarc::driver::{sys, CudaContext, CudaStream};
 use flashcomm_kernels::abi::{sync_area, BarrierArgs, MAX_BLOCKS, MAX_WORLD, THREADS};
 use flashcomm_kernels::codec::layout::PLAIN_SHARD_UNIT;
 use flashcomm_kernels::codec::{Dtype, ShardLayout, Wire, CHUNK};
@@ -39,24 +39,76 @@ impl Strides {
 impl Communicator {
     /// Creates a communicator over `devices` (one rank per device, rank
     /// order = list order; a device may repeat only with
-    /// [`Config::shared_devices`]) with the kernels of `image`.
+    /// [`Config::shared_devices`]) with the kernels of `image`, on streams of
+    /// its own (one per rank).
     ///
     /// Checks the devices, enables and *probes* peer access across every
     /// ordered pair (a real store and load by a kernel), loads the kernels,
     /// and allocates the staging and flag memory once.
+    ///
+    /// ```no_run
+    /// use flashcomm::{Communicator, Config, KERNELS};
+    /// # fn main() -> flashcomm::Result<()> {
+    /// let comm = Communicator::new(&[0, 1], Config::default(), &KERNELS)?;
+    /// assert_eq!(comm.world_size(), 2);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn new(devices: &[usize], config: Config, image: &KernelImage) -> Result<Self> {
         config.validate()?;
-        crate::driver::graph::drop_released();
-        let shared = check_device_list(devices, &config)?;
+        check_device_list(devices, &config)?;
         let ctxs = open_contexts(devices)?;
-        enable_peer_access(devices, &ctxs)?;
+        let streams = ctxs.iter().map(|ctx| ctx.new_stream()).collect::<std::result::Result<Vec<_>, _>>()?;
+        Self::on_streams(&streams, config, image)
+    }
+
+    /// Creates a communicator whose rank `r` runs on `streams[r]`: the
+    /// engine's own streams (for example each candle device's stream), so
+    /// that collectives are ordered with the engine's kernels by the stream
+    /// itself, whatever cudarc's event tracking does. Rank order = list
+    /// order; the device of each rank is its stream's. Nothing else about
+    /// the engine's contexts changes (the communicator creates no
+    /// `CudaStream` through them, so they stay out of cudarc's multi-stream
+    /// mode if they were).
+    ///
+    /// Creation zeroes buffers and probes peers on these streams and waits
+    /// for them (so for the engine's work queued there); dropping the
+    /// communicator waits for them too.
+    ///
+    /// ```no_run
+    /// use flashcomm::cudarc::driver::CudaContext;
+    /// use flashcomm::{Communicator, Config, KERNELS};
+    /// # fn main() -> flashcomm::Result<()> {
+    /// // The engine's streams, one per GPU (here: each context's default stream).
+    /// let streams = [CudaContext::new(0)?.default_stream(), CudaContext::new(1)?.default_stream()];
+    /// let comm = Communicator::from_streams(&streams, Config::default(), &KERNELS)?;
+    /// assert!(std::sync::Arc::ptr_eq(comm.stream(1)?, &streams[1]));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_streams(streams: &[Arc<CudaStream>], config: Config, image: &KernelImage) -> Result<Self> {
+        config.validate()?;
+        let devices: Vec<usize> = streams.iter().map(|s| s.context().ordinal()).collect();
+        check_device_list(&devices, &config)?;
+        check_engine_streams(streams)?;
+        Self::on_streams(streams, config, image)
+    }
+
+    /// Everything after the device list checks: peer access, kernels,
+    /// ranks, memory, residency, NCCL, the peer probe.
+    fn on_streams(streams: &[Arc<CudaStream>], config: Config, image: &KernelImage) -> Result<Self> {
+        crate::driver::graph::drop_released();
+        let devices: Vec<usize> = streams.iter().map(|s| s.context().ordinal()).collect();
+        let shared = (1..devices.len()).any(|i| devices[..i].contains(&devices[i]));
+        let ctxs: Vec<Arc<CudaContext>> = streams.iter().map(|s| s.context().clone()).collect();
+        enable_peer_access(&devices, &ctxs)?;
         let kernels = load_kernels_everywhere(&ctxs, image)?;
         let strides = Strides::new(&config, devices.len());
-        let ranks = open_ranks(devices, &ctxs, &config)?;
+        let ranks = open_ranks(&devices, streams, &config)?;
         #[allow(unused_mut)]
         let mut memory = allocate_memory(&ranks, kernels, &strides)?;
         let (peers, ranks) = link_peers(ranks, &memory, &strides);
-        let resident_blocks = resident_blocks(&ranks, &memory, devices)?;
+        let resident_blocks = resident_blocks(&ranks, &memory, &devices)?;
         let oneshot_grid = Dtype::ALL.iter().fold(ONESHOT_GRID, |g, &d| g.min(resident_blocks[&KernelId::OneShot(d)]));
         let gpu_name = ranks[0].ctx.name()?;
         let thresholds = config.thresholds.unwrap_or_else(|| tuning::builtin(&gpu_name, devices.len()));
@@ -107,7 +159,7 @@ impl Communicator {
                 // SAFETY: a's context is bound; peer_probe takes (u32*, u32*, u32);
                 // `remote` is b's cuMemAlloc memory with peer access enabled,
                 // `local` a's own; the reads below wait for the kernel.
-                unsafe { driver::launch::launch_with_params(probe.cu_function(), 1, 32, a.stream.cu_stream(), &mut params)? };
+                unsafe { driver::launch::launch_with_params(probe.handle(), 1, 32, a.stream.cu_stream(), &mut params)? };
                 let (mut seen, mut written) = ([0u32; 1], [0u32; 1]);
                 a_sync.read_words(&a.stream, sync_area::PROBE, &mut seen)?;
                 b_sync.read_words(&b.stream, sync_area::PROBE, &mut written)?;
@@ -124,9 +176,8 @@ impl Communicator {
     }
 }
 
-/// Checks the device list before any GPU is touched; returns whether some
-/// device repeats (ranks sharing a GPU).
-fn check_device_list(devices: &[usize], config: &Config) -> Result<bool> {
+/// Checks the device list before any GPU is touched.
+fn check_device_list(devices: &[usize], config: &Config) -> Result<()> {
     let world = devices.len();
     if !(2..=MAX_WORLD).contains(&world) {
         return Err(Error::WorldSize { world, min: 2, max: MAX_WORLD });
@@ -142,7 +193,33 @@ fn check_device_list(devices: &[usize], config: &Config) -> Result<bool> {
     if let Some(&device) = devices.iter().find(|&&d| d >= count) {
         return Err(Error::NoSuchDevice { device, count });
     }
-    Ok(repeated.is_some())
+    Ok(())
+}
+
+/// The driver's handle of the per-thread default stream (`cuda.h`'s
+/// `CU_STREAM_PER_THREAD`, what cudarc's `per_thread_stream` wraps).
+const CU_STREAM_PER_THREAD: sys::CUstream = 0x2 as sys::CUstream;
+
+/// Streams a communicator can own the order of: not the per-thread default
+/// stream (its handle names another stream on every host thread, so
+/// creation, calls, `synchronize_rank` and drop would each use a different
+/// one), and not one stream for two ranks (their kernels wait for each
+/// other: one queued behind the other never starts).
+fn check_engine_streams(streams: &[Arc<CudaStream>]) -> Result<()> {
+    for (rank, s) in streams.iter().enumerate() {
+        if s.cu_stream() == CU_STREAM_PER_THREAD {
+            return Err(Error::InvalidConfig(format!(
+                "rank {rank}: the per-thread default stream is a different stream on every thread; pass a stream \
+                 (CudaContext::new_stream / default_stream), or use Communicator::new: calls on buffers of \
+                 per-thread streams are ordered with them by events"
+            )));
+        }
+        let same = |t: &Arc<CudaStream>| t.cu_stream() == s.cu_stream() && t.context().ordinal() == s.context().ordinal();
+        if let Some(other) = streams[..rank].iter().position(same) {
+            return Err(Error::InvalidConfig(format!("ranks {other} and {rank} were given the same stream; each rank needs its own")));
+        }
+    }
+    Ok(())
 }
 
 /// One context per GPU (the primary context, as cudarc and candle use);
@@ -186,20 +263,20 @@ fn load_kernels_everywhere(ctxs: &[Arc<CudaContext>], image: &KernelImage) -> Re
     })
 }
 
-/// Every rank's stream and barrier template (peer pointers are filled in
+/// Every rank's streams and barrier template (peer pointers are filled in
 /// by [`link_peers`]).
-fn open_ranks(devices: &[usize], ctxs: &[Arc<CudaContext>], config: &Config) -> Result<Vec<Rank>> {
+fn open_ranks(devices: &[usize], streams: &[Arc<CudaStream>], config: &Config) -> Result<Vec<Rank>> {
     let world = devices.len();
     devices
         .iter()
-        .zip(ctxs)
+        .zip(streams)
         .enumerate()
-        .map(|(rank, (&device, ctx))| {
+        .map(|(rank, (&device, stream))| {
             Ok(Rank {
                 device,
-                stream: ctx.new_stream()?,
-                abort_stream: ctx.new_stream()?,
-                ctx: ctx.clone(),
+                ctx: stream.context().clone(),
+                stream: stream.clone(),
+                abort_stream: driver::stream::OwnedStream::new(stream.context())?,
                 barrier: BarrierArgs {
                     sync: [0; MAX_WORLD],
                     timeout_ns: config.timeout.map_or(0, |t| t.as_nanos() as u64),
@@ -270,8 +347,8 @@ fn resident_blocks(ranks: &[Rank], memory: &DeviceState, devices: &[usize]) -> R
         let sharing = devices.iter().filter(|&&d| d == rank.device).count() as u32;
         let sms = rank.ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
         for (k, f) in memory.kernels.iter() {
-            let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(THREADS, 0, None)?;
-            let blocks = (sms * per_sm.max(0) as u32 / sharing).min(MAX_BLOCKS as u32);
+            let per_sm = f.resident_blocks_per_sm(&rank.ctx, THREADS)?;
+            let blocks = (sms * per_sm / sharing).min(MAX_BLOCKS as u32);
             let entry = fewest.entry(k).or_insert(blocks);
             *entry = (*entry).min(blocks);
         }

@@ -1,4 +1,4 @@
-//! Bit packing of one *chunk*: the [`CHUNK`](super::CHUNK) = 16 consecutive
+//! Bit packing of one *chunk*: the [`CHUNK`] = 16 consecutive
 //! elements a GPU thread owns.
 //!
 //! | bits | primary plane (per chunk)          | secondary plane (per chunk)   |

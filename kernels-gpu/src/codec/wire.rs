@@ -2,17 +2,17 @@
 //! two-step all-reduce, and the quantization group size.
 //!
 //! Every fact about a format is stated here once:
-//! - the list of code widths (name, bits), in [`quantized_wires!`];
+//! - the list of code widths (name, bits), in `quantized_wires!`;
 //! - [`Bits`], a code width, and [`Wire`], a step's format as a value
 //!   (plain or quantized with some [`Bits`]: host code, layouts, kernel
 //!   keys), and [`kind`], the same formats as types implementing
 //!   [`WireKind`], which the kernels are generic over (each kernel is
 //!   compiled for its formats);
 //! - the set of two-step kernels, generated from that list
-//!   ([`twostep_wire_pairs!`]): the plain pair and every pair of quantized
+//!   (`twostep_wire_pairs!`): the plain pair and every pair of quantized
 //!   formats.
 //!
-//! Adding a width (say 5 bits) is one line in [`quantized_wires!`] plus its
+//! Adding a width (say 5 bits) is one line in `quantized_wires!` plus its
 //! packing in the codec ([`pack`](super::pack) and the plane sizes in
 //! [`layout`](super::layout)); the kernels, the host's kernel keys, the
 //! configuration parser and the tests follow from the list.

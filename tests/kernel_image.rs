@@ -1,4 +1,6 @@
-//! Checks on the embedded PTX that need no GPU.
+//! Checks on the embedded kernel image that need no GPU. (That the image
+//! is the build of today's `kernels-gpu` is checked by
+//! `scripts/build-kernels.sh --check` in CI.)
 use flashcomm::{KernelId, KERNELS};
 
 /// The host's entry table and the PTX name the same kernels, both ways.
@@ -39,5 +41,29 @@ fn ptx_is_self_contained_and_uses_the_intended_instructions() {
 fn every_kernel_carries_the_launch_bounds() {
     let entries = KERNELS.ptx.matches(".visible .entry ").count();
     let bounds = format!(".maxntid {}, 1, 1", flashcomm::device::abi::THREADS);
-    assert_eq!(KERNELS.ptx.matches(bounds.as_str()).count(), entries, "build.rs and abi::THREADS disagree");
+    assert_eq!(KERNELS.ptx.matches(bounds.as_str()).count(), entries, "scripts/build-kernels.sh and abi::THREADS disagree");
+}
+
+/// Every SASS image is a CUDA ELF for the architecture it claims (the
+/// driver would reject it at load time on a GPU) and holds every kernel.
+#[test]
+fn sass_matches_its_architecture_and_holds_every_kernel() {
+    assert!(!KERNELS.sass.is_empty());
+    for sass in KERNELS.sass {
+        let elf = sass.cubin;
+        let (major, minor) = sass.arch;
+        assert_eq!(&elf[..5], b"\x7fELF\x02", "sm_{major}{minor}: not a 64-bit ELF");
+        assert_eq!(u16::from_le_bytes([elf[18], elf[19]]), 190, "sm_{major}{minor}: e_machine is not EM_CUDA");
+        let flags = u32::from_le_bytes([elf[48], elf[49], elf[50], elf[51]]);
+        assert_eq!(flags & 0xff, major * 10 + minor, "sm_{major}{minor}: e_flags {flags:#x} name another architecture");
+        for (_, name) in KernelId::all() {
+            let needle = format!("{name}\0");
+            assert!(elf.windows(needle.len()).any(|w| w == needle.as_bytes()), "sm_{major}{minor}: kernel {name} missing");
+        }
+    }
+    // H100/H200 run their own SASS, A100 and the other Ampere/Ada parts sm_80's.
+    use flashcomm::KernelCode;
+    assert_eq!(KERNELS.code_for((9, 0)), KernelCode::Sass { arch: (9, 0) });
+    assert_eq!(KERNELS.code_for((8, 9)), KernelCode::Sass { arch: (8, 0) });
+    assert_eq!(KERNELS.code_for((10, 0)), KernelCode::Ptx);
 }
