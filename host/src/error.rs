@@ -178,6 +178,9 @@ pub enum Error {
     /// A previous collective failed; call `recover()` first.
     #[error("the communicator is unusable after an earlier failure ({0}); call recover()")]
     Poisoned(String),
+    /// Ranks in separate processes could not meet or talk (`bootstrap`).
+    #[error(transparent)]
+    Bootstrap(#[from] crate::bootstrap::BootstrapError),
     /// A kernel the host needs is missing from the PTX.
     #[error("kernel {name} is missing from the embedded PTX")]
     MissingKernel {

@@ -18,10 +18,13 @@ pub use cudarc;
 pub use config::{Algorithm, Config, Quantization, Quantized, Thresholds};
 pub use element::HostElement;
 pub use error::{Error, Result};
+/// The device crate (codec, launch ABI, entry-point table).
+pub(crate) use flashcomm_kernels as device;
 pub use flashcomm_kernels::abi::{Link, PhaseSkip, Transport};
 pub use flashcomm_kernels::codec::{Bits, Dtype, GroupSize, Wire};
 pub use flashcomm_kernels::entry::KernelId;
 
+pub mod bootstrap;
 pub mod codec_gpu;
 pub mod comm;
 pub mod driver;
