@@ -3,7 +3,7 @@
 #
 #   scripts/gpu-suite.sh stage            # here: build release test/bench/main binaries, packed into .gpu-stage/bins.tar.gz
 #                                         #   (STAGE_EXTRA="f1 f2": variant binaries or wrappers named bench-<name>, packed too)
-#   scripts/gpu-suite.sh remote [WHAT..]  # on the GPU host (repo root): run them; WHAT = tests | sanitize | tests-old | bench | bench-graphs | bench-phases | bench-transports | bench-pieces | bench-variants | torch | main | startup
+#   scripts/gpu-suite.sh remote [WHAT..]  # on the GPU host (repo root): run them; WHAT = tests | sanitize | tests-old | bench | bench-graphs | bench-phases | bench-transports | bench-pieces | bench-variants | torch | main | startup | candle
 #
 # With the device tool: stage, then run
 #   bash scripts/gpu-suite.sh remote tests bench     (carry: [".gpu-stage"])
@@ -32,6 +32,16 @@ stage)
       esac
     done
   "$stage/flashcomm" ptx > "$stage/flashcomm_kernels.ptx"   # the embedded PTX, launch bounds included
+  # The candle example (its own workspace; needs scripts/setup-candle.sh's
+  # nvcc and CUDA libraries, so it is built only where they are).
+  cuda13="$root/.tools/cuda13/nvidia/cu13"
+  if [ -x "$cuda13/bin/nvcc" ]; then
+    (cd "$root/candle" && CUDA_ROOT="$cuda13" PATH="$cuda13/bin:$PATH" CUDA_COMPUTE_CAP=90 \
+      cargo build --release --example tp_mlp --quiet)
+    cp "$root/candle/target/release/examples/tp_mlp" "$stage/candle-tp-mlp"
+  else
+    echo "no .tools/cuda13 (scripts/setup-candle.sh): the candle example is not staged"
+  fi
   # The device tool carries at most 64 MiB (working tree included); the
   # binaries embed the PTX and compress ~6x. STAGE_EXTRA: more files to add
   # (variant binaries, wrapper scripts), packed the same way.
@@ -150,6 +160,11 @@ remote)
           | tee "$out/torch.log" || status=1 ;;
       main)
         timeout 600 "$stage/flashcomm" 2>&1 | tee "$out/main.log" || status=1 ;;
+      candle)
+        # The candle example: a tensor-parallel MLP block on 2 GPUs (links the
+        # host's CUDA 13 libraries: cuBLAS, cuRAND, NVRTC).
+        LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}" timeout 600 "$stage/candle-tp-mlp" 2>&1 \
+          | tee "$out/candle.log" || status=1 ;;
       startup)
         # Communicator::new over every GPU, each in a fresh process: SASS
         # and PTX, with an empty JIT cache, with the cache disabled, and warm.

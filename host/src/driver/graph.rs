@@ -13,8 +13,14 @@ pub unsafe fn capturing_graph(stream: sys::CUstream) -> Result<Option<sys::CUgra
     let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
     let mut id = 0;
     let mut graph: sys::CUgraph = std::ptr::null_mut();
-    // SAFETY: valid out-pointers; the dependency outputs are optional (null).
-    unsafe { sys::cuStreamGetCaptureInfo_v2(stream, &mut status, &mut id, &mut graph, std::ptr::null_mut(), std::ptr::null_mut()) }.result()?;
+    // `_v3`: the one name every CUDA API level from 12.3 on binds (CUDA 13
+    // dropped `_v2`; candle builds against whatever nvcc is installed).
+    // SAFETY: valid out-pointers; the dependency and edge outputs are
+    // optional (null).
+    unsafe {
+        sys::cuStreamGetCaptureInfo_v3(stream, &mut status, &mut id, &mut graph, std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut())
+    }
+    .result()?;
     Ok((status == sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_ACTIVE && !graph.is_null()).then_some(graph))
 }
 
