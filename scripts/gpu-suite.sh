@@ -19,7 +19,7 @@ stage)
   cd "$root"
   rm -rf "$stage"
   mkdir -p "$stage"
-  exes=$(cargo test --release --no-run --message-format=json 2>/dev/null \
+  exes=$(cargo test --release --features nccl --no-run --message-format=json 2>/dev/null \
     | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p')
   for e in $exes; do
     case "$(basename "$e")" in gpu-*) cp "$e" "$stage/gpu-tests" ;; esac

@@ -23,7 +23,7 @@ fn spawn_rank(id: &str, rank: usize, world: usize, mode: &str) -> Child {
     Command::new(std::env::current_exe().expect("test binary"))
         .args(["--exact", "rank_process", "--include-ignored", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, format!("{id} {rank} {world} {mode}"))
-        .stdout(Stdio::inherit())
+        .stdout(Stdio::null()) // its own libtest summary; a failure shows on stderr and in the exit status
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start a rank process")

@@ -330,6 +330,13 @@ pub fn auto_nccl_fallback() -> TestResult {
     Ok(())
 }
 
+/// Registered as ignored without the `nccl` feature (main.rs).
+#[cfg(not(feature = "nccl"))]
+pub fn nccl_baseline_agrees() -> TestResult {
+    Err("built without the nccl feature".into())
+}
+
+#[cfg(feature = "nccl")]
 /// NCCL through cudarc (`Algorithm::Nccl`, the path the benchmark's
 /// baseline takes too) works here and agrees with the exact sum to bf16
 /// accuracy: the benchmark's reference contender is sound.

@@ -57,7 +57,9 @@ fn main() {
         .iter()
         .map(|&(name, need, f)| {
             let trial = Trial::test(name, move || f());
-            if gpus < need {
+            if name.contains("nccl") && !cfg!(feature = "nccl") {
+                trial.with_ignored_flag(true).with_kind("needs feature nccl")
+            } else if gpus < need {
                 trial.with_ignored_flag(true).with_kind(format!("needs {need}+ GPUs"))
             } else {
                 trial
