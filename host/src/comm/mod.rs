@@ -133,6 +133,24 @@ struct PeerPointers {
 
 /// A group of GPUs of this process that all-reduce together; see the
 /// [module docs](self).
+///
+/// ```no_run
+/// use flashcomm::{Communicator, Config, Quantization, KERNELS};
+/// use half::bf16;
+/// # fn main() -> flashcomm::Result<()> {
+/// // Two GPUs; INT8 allowed, so Auto picks Flash from its size threshold up.
+/// let comm = Communicator::new(&[0, 1], Config { quantization: Quantization::INT8, ..Config::default() }, &KERNELS)?;
+/// let mut hidden = (0..2)
+///     .map(|r| Ok(comm.stream(r)?.clone_htod(&vec![bf16::from_f32(0.5); 8 << 20])?))
+///     .collect::<flashcomm::Result<Vec<_>>>()?;
+/// comm.all_reduce_in_place(&mut hidden)?; // queued on every rank
+/// match comm.synchronize() {
+///     Ok(()) => {}                                  // every rank's result is ready
+///     Err(e) => { eprintln!("{e}"); comm.recover()?; } // typed, on every rank; then start over
+/// }
+/// # Ok(())
+/// # }
+/// ```
 pub struct Communicator {
     ranks: Vec<Rank>,
     memory: Arc<DeviceState>,
