@@ -47,11 +47,11 @@ fn main() {
     };
     let (e_plain, e_int8) = (rel(&plain), rel(&int8));
     assert!(e_plain < 4e-3 && e_int8 < 2e-2 && e_int8 > e_plain, "errors {e_plain:e} {e_int8:e}");
-    assert_eq!(flashcomm::KERNELS.sass.len(), 2);
+    assert_eq!(flashcomm::KERNELS.sass().len(), 2);
     println!(
         "consumer: reference all-reduce of 4 ranks x 4096 bf16: rel. L2 error {e_plain:.2e} unquantized, {e_int8:.2e} INT8; \
          {} kernels image bytes; {} GPU(s) visible",
-        flashcomm::KERNELS.ptx.len(),
+        flashcomm::KERNELS.ptx().len(),
         flashcomm::gpu_count()
     );
 }'

@@ -37,10 +37,18 @@ pub use flashcomm_kernels as device;
 /// in CI): PTX for compute capability 8.0 and newer, and SASS for sm_80
 /// (A100, and sm_86/89 GPUs) and sm_90 (H100/H200), which load without the
 /// driver's JIT compilation.
-pub static KERNELS: KernelImage = KernelImage {
-    ptx: include_str!("../kernel-image/flashcomm_kernels.ptx"),
-    sass: &[
-        Sass { arch: (8, 0), cubin: include_bytes!("../kernel-image/flashcomm_kernels.sm_80.cubin") },
-        Sass { arch: (9, 0), cubin: include_bytes!("../kernel-image/flashcomm_kernels.sm_90.cubin") },
-    ],
+pub static KERNELS: KernelImage = {
+    // SAFETY: ptxas's cubins of the PTX beside them, made by
+    // scripts/build-kernels.sh and checked against a rebuild in CI.
+    unsafe { KernelImage::new(include_str!("../kernel-image/flashcomm_kernels.ptx"), &[Sass::new((8, 0), &SM_80.0), Sass::new((9, 0), &SM_90.0)]) }
 };
+
+/// Bytes with the alignment of a `u64`: the driver reads a cubin's ELF
+/// headers in place.
+#[repr(C, align(8))]
+struct Aligned<const N: usize>([u8; N]);
+
+static SM_80: Aligned<{ include_bytes!("../kernel-image/flashcomm_kernels.sm_80.cubin").len() }> =
+    Aligned(*include_bytes!("../kernel-image/flashcomm_kernels.sm_80.cubin"));
+static SM_90: Aligned<{ include_bytes!("../kernel-image/flashcomm_kernels.sm_90.cubin").len() }> =
+    Aligned(*include_bytes!("../kernel-image/flashcomm_kernels.sm_90.cubin"));

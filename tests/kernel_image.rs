@@ -8,9 +8,9 @@ use flashcomm::{KernelId, KERNELS};
 fn kernel_names_are_in_the_ptx() {
     let table: Vec<&str> = KernelId::all().map(|(_, name)| name).collect();
     for name in &table {
-        assert!(KERNELS.ptx.contains(&format!(".entry {name}(")), "kernel {name} missing from the PTX");
+        assert!(KERNELS.ptx().contains(&format!(".entry {name}(")), "kernel {name} missing from the PTX");
     }
-    for line in KERNELS.ptx.lines().filter_map(|l| l.strip_prefix(".visible .entry ")) {
+    for line in KERNELS.ptx().lines().filter_map(|l| l.strip_prefix(".visible .entry ")) {
         let name = line.trim_end_matches('(');
         assert!(table.contains(&name), "the PTX has a kernel the host does not know: {name}");
     }
@@ -22,7 +22,7 @@ fn kernel_names_are_in_the_ptx() {
 
 #[test]
 fn ptx_is_self_contained_and_uses_the_intended_instructions() {
-    let ptx = KERNELS.ptx;
+    let ptx = KERNELS.ptx();
     assert!(!ptx.contains(".extern .func"), "a core routine was not inlined");
     assert!(!ptx.contains(".local"), "a kernel spills arrays to local memory");
     assert!(ptx.contains(".target sm_80"), "one fixed target, sm_80");
@@ -39,19 +39,20 @@ fn ptx_is_self_contained_and_uses_the_intended_instructions() {
 
 #[test]
 fn every_kernel_carries_the_launch_bounds() {
-    let entries = KERNELS.ptx.matches(".visible .entry ").count();
+    let entries = KERNELS.ptx().matches(".visible .entry ").count();
     let bounds = format!(".maxntid {}, 1, 1", flashcomm::device::abi::THREADS);
-    assert_eq!(KERNELS.ptx.matches(bounds.as_str()).count(), entries, "scripts/build-kernels.sh and abi::THREADS disagree");
+    assert_eq!(KERNELS.ptx().matches(bounds.as_str()).count(), entries, "scripts/build-kernels.sh and abi::THREADS disagree");
 }
 
 /// Every SASS image is a CUDA ELF for the architecture it claims (the
 /// driver would reject it at load time on a GPU) and holds every kernel.
 #[test]
 fn sass_matches_its_architecture_and_holds_every_kernel() {
-    assert!(!KERNELS.sass.is_empty());
-    for sass in KERNELS.sass {
-        let elf = sass.cubin;
-        let (major, minor) = sass.arch;
+    assert!(!KERNELS.sass().is_empty());
+    for sass in KERNELS.sass() {
+        let elf = sass.cubin();
+        let (major, minor) = sass.arch();
+        assert_eq!(elf.as_ptr() as usize % 8, 0, "sm_{major}{minor}: the cubin is not 8-byte aligned");
         assert_eq!(&elf[..5], b"\x7fELF\x02", "sm_{major}{minor}: not a 64-bit ELF");
         assert_eq!(u16::from_le_bytes([elf[18], elf[19]]), 190, "sm_{major}{minor}: e_machine is not EM_CUDA");
         let flags = u32::from_le_bytes([elf[48], elf[49], elf[50], elf[51]]);

@@ -28,7 +28,7 @@ fn main() -> ExitCode {
         Some("ptx") => {
             use std::io::Write;
             // A closed pipe (`| head`) is not an error worth a panic.
-            let _ = std::io::stdout().write_all(flashcomm::KERNELS.ptx.as_bytes());
+            let _ = std::io::stdout().write_all(flashcomm::KERNELS.ptx().as_bytes());
             Ok(())
         }
         Some("help" | "--help" | "-h") => {

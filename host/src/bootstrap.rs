@@ -141,7 +141,7 @@ impl std::str::FromStr for UniqueId {
         }
         let addr = parts.next().and_then(|a| a.parse().ok()).ok_or(BootstrapError::BadId("no socket address"))?;
         let hex = parts.next().ok_or(BootstrapError::BadId("no secret"))?;
-        if parts.next().is_some() || hex.len() != 64 {
+        if parts.next().is_some() || hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(BootstrapError::BadId("the secret is not 64 hex digits"));
         }
         let mut secret = [0u8; 32];
@@ -209,10 +209,10 @@ impl Identity {
     /// kernel image `image`.
     pub fn current(config: &crate::Config, image: &crate::KernelImage) -> Self {
         let mut hash = Fnv::default();
-        hash.write(image.ptx.as_bytes());
-        for sass in image.sass {
-            hash.write(&[sass.arch.0 as u8, sass.arch.1 as u8]);
-            hash.write(sass.cubin);
+        hash.write(image.ptx().as_bytes());
+        for sass in image.sass() {
+            hash.write(&[sass.arch().0 as u8, sass.arch().1 as u8]);
+            hash.write(sass.cubin());
         }
         let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
         let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -285,15 +285,21 @@ fn closed_or_io(e: std::io::Error, rank: Option<usize>, what: &'static str) -> B
     }
 }
 
-/// Writes one frame: a little-endian u32 length, then the message.
-fn send(stream: &mut TcpStream, message: &Message) -> Result<()> {
+/// Writes one frame: a little-endian u32 length, then the message, before
+/// `deadline` (a peer that stops reading cannot block the sender).
+fn send(stream: &mut TcpStream, message: &Message, deadline: Instant) -> Result<()> {
     let body = postcard::to_allocvec(message).map_err(|e| BootstrapError::Invalid(format!("cannot encode a message: {e}")))?;
     if body.len() > MAX_FRAME {
         return Err(BootstrapError::Invalid(format!("a message of {} bytes exceeds the frame limit {MAX_FRAME}", body.len())));
     }
     let mut frame = (body.len() as u32).to_le_bytes().to_vec();
     frame.extend_from_slice(&body);
-    stream.write_all(&frame).map_err(io("send"))
+    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    stream.set_write_timeout(Some(left)).map_err(io("set write timeout"))?;
+    stream.write_all(&frame).map_err(|e| match e.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => BootstrapError::Timeout { after: Duration::ZERO, waiting_for: "a peer to read".into(), rejected: 0 },
+        _ => BootstrapError::Io { what: "send", source: e },
+    })
 }
 
 /// Reads one frame from `from` before `deadline`: a length within
@@ -352,58 +358,76 @@ impl Bootstrap {
     pub fn root(listener: Listener, world: usize, identity: &Identity, payload: &[u8], timeout: Duration) -> Result<(Self, Vec<Vec<u8>>)> {
         check_world(0, world)?;
         let start = Instant::now();
-        let deadline = start + timeout;
+        let deadline = deadline_after(timeout);
         listener.socket.set_nonblocking(true).map_err(io("listen"))?;
         let mut joined: Vec<Option<(TcpStream, Vec<u8>)>> = (1..world).map(|_| None).collect();
         let mut rejected = 0;
+        // Each new connection says hello on a thread of its own, within
+        // HELLO_TIME, so silent or slow connections cannot delay the others;
+        // at most MAX_PENDING at once (more are closed at once).
+        let (hellos, heard) = std::sync::mpsc::channel::<(TcpStream, Result<Message>)>();
+        let mut pending = 0usize;
         while joined.iter().any(Option::is_none) {
-            let (mut stream, peer) = match listener.socket.accept() {
-                Ok(conn) => conn,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    if Instant::now() >= deadline {
-                        let missing: Vec<String> = (1..world).filter(|&r| joined[r - 1].is_none()).map(|r| r.to_string()).collect();
-                        let waiting_for = format!("rank(s) {} to connect", missing.join(", "));
-                        return Err(abort_all(&mut joined, BootstrapError::Timeout { after: start.elapsed(), waiting_for, rejected }));
-                    }
-                    std::thread::sleep(Duration::from_millis(2));
-                    continue;
-                }
-                Err(e) => return Err(abort_all(&mut joined, BootstrapError::Io { what: "accept", source: e })),
-            };
-            // A connection has a short, fixed time to say hello, so a silent
-            // one cannot hold the rendezvous until the deadline.
-            let hello_deadline = deadline.min(Instant::now() + HELLO_TIME);
-            let prepared = stream.set_nonblocking(false).and_then(|_| stream.set_nodelay(true));
-            let hello = prepared.map_err(io("accept")).and_then(|_| receive(&mut stream, &format!("connection from {peer}"), None, hello_deadline));
-            let (rank, protocol, their_world, their_identity, their_payload) = match hello {
-                Ok(Message::Hello { magic, protocol, secret, rank, world, identity, payload })
-                    if magic == MAGIC && bool::from(secret.ct_eq(&listener.id.secret)) =>
-                {
-                    (rank as usize, protocol, world as usize, identity, payload)
-                }
-                // No secret, not a hello, or a bad frame: not one of ours.
-                _ => {
+            match listener.socket.accept() {
+                Ok((stream, _)) if pending >= MAX_PENDING => {
+                    drop(stream);
                     rejected += 1;
+                }
+                Ok((mut stream, peer)) => {
+                    pending += 1;
+                    let hellos = hellos.clone();
+                    let hello_deadline = deadline.min(Instant::now() + HELLO_TIME);
+                    std::thread::spawn(move || {
+                        let prepared = stream.set_nonblocking(false).and_then(|_| stream.set_nodelay(true)).map_err(io("accept"));
+                        let hello = prepared.and_then(|_| receive(&mut stream, &format!("connection from {peer}"), None, hello_deadline));
+                        let _ = hellos.send((stream, hello));
+                    });
                     continue;
                 }
-            };
-            let problem = if protocol != PROTOCOL {
-                Some((rank, format!("bootstrap protocol {protocol} against {PROTOCOL}")))
-            } else if their_world != world {
-                Some((rank, format!("world size {their_world} against {world}")))
-            } else if !(1..world).contains(&rank) {
-                Some((rank, format!("rank {rank} is outside 1..{world}")))
-            } else if joined[rank - 1].is_some() {
-                Some((rank, format!("rank {rank} joined twice")))
-            } else {
-                identity.difference(&their_identity).map(|what| (rank, what))
-            };
-            if let Some((rank, what)) = problem {
-                let error = BootstrapError::Mismatch { rank, what };
-                let _ = send(&mut stream, &Message::Abort { rank: 0, why: error.to_string() });
-                return Err(abort_all(&mut joined, error));
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return Err(abort_all(&mut joined, BootstrapError::Io { what: "accept", source: e })),
             }
-            joined[rank - 1] = Some((stream, their_payload));
+            while let Ok((mut stream, hello)) = heard.try_recv() {
+                pending -= 1;
+                let (rank, protocol, their_world, their_identity, their_payload) = match hello {
+                    Ok(Message::Hello { magic, protocol, secret, rank, world, identity, payload })
+                        if magic == MAGIC && bool::from(secret.ct_eq(&listener.id.secret)) =>
+                    {
+                        (rank as usize, protocol, world as usize, identity, payload)
+                    }
+                    // No secret, not a hello, a bad frame or silence: not one of ours.
+                    _ => {
+                        rejected += 1;
+                        continue;
+                    }
+                };
+                let problem = if protocol != PROTOCOL {
+                    Some((rank, format!("bootstrap protocol {protocol} against {PROTOCOL}")))
+                } else if their_world != world {
+                    Some((rank, format!("world size {their_world} against {world}")))
+                } else if !(1..world).contains(&rank) {
+                    Some((rank, format!("rank {rank} is outside 1..{world}")))
+                } else if joined[rank - 1].is_some() {
+                    Some((rank, format!("rank {rank} joined twice")))
+                } else {
+                    identity.difference(&their_identity).map(|what| (rank, what))
+                };
+                if let Some((rank, what)) = problem {
+                    let error = BootstrapError::Mismatch { rank, what };
+                    let _ = send(&mut stream, &Message::Abort { rank: 0, why: error.to_string() }, soon());
+                    return Err(abort_all(&mut joined, error));
+                }
+                joined[rank - 1] = Some((stream, their_payload));
+            }
+            if joined.iter().all(Option::is_some) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let missing: Vec<String> = (1..world).filter(|&r| joined[r - 1].is_none()).map(|r| r.to_string()).collect();
+                let waiting_for = format!("rank(s) {} to connect", missing.join(", "));
+                return Err(abort_all(&mut joined, BootstrapError::Timeout { after: start.elapsed(), waiting_for, rejected }));
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
         let mut links = Vec::with_capacity(world - 1);
         let mut payloads = vec![payload.to_vec()];
@@ -414,7 +438,7 @@ impl Bootstrap {
         let mut boot = Self { rank: 0, world, links, round: 0 };
         for r in 1..world {
             let table = Message::Table { payloads: payloads.clone() };
-            if let Err(e) = send(&mut boot.links[r - 1], &table).map_err(|e| peer_of(e, r)) {
+            if let Err(e) = send(&mut boot.links[r - 1], &table, deadline).map_err(|e| timed_out(peer_of(e, r), &format!("rank {r} to read the table"))) {
                 boot.abort(&e.to_string());
                 return Err(e);
             }
@@ -432,7 +456,7 @@ impl Bootstrap {
             return Err(BootstrapError::Invalid("rank 0 is the root: use Bootstrap::root".into()));
         }
         let start = Instant::now();
-        let deadline = start + timeout;
+        let deadline = deadline_after(timeout);
         let mut stream = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match TcpStream::connect_timeout(&id.addr, left.max(Duration::from_millis(1))) {
@@ -451,7 +475,7 @@ impl Bootstrap {
             identity: identity.clone(),
             payload: payload.to_vec(),
         };
-        send(&mut stream, &hello).map_err(|e| peer_of(e, 0))?;
+        send(&mut stream, &hello, deadline).map_err(|e| peer_of(e, 0))?;
         let waiting = |e| match e {
             BootstrapError::Timeout { rejected, .. } => {
                 BootstrapError::Timeout { after: start.elapsed(), waiting_for: "rank 0's table (every rank to join)".into(), rejected }
@@ -482,12 +506,14 @@ impl Bootstrap {
     /// a bad frame or did not answer ends it for every rank with an error
     /// naming it.
     pub fn all_gather(&mut self, data: &[u8], timeout: Duration) -> Result<Vec<Vec<u8>>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         self.round += 1;
         let round = self.round;
         let result = if self.rank == 0 { self.gather_at_root(data, round, deadline) } else { self.gather_at_leaf(data, round, deadline) };
         if let Err(e) = &result {
-            if !matches!(e, BootstrapError::Aborted { .. }) {
+            // Rank 0 tells every rank (a leaf's abort too: the others wait
+            // for rank 0); a leaf tells rank 0 unless rank 0 told it.
+            if self.rank == 0 || !matches!(e, BootstrapError::Aborted { .. }) {
                 self.abort(&e.to_string());
             }
         }
@@ -503,7 +529,7 @@ impl Bootstrap {
     /// (best effort: a peer that is gone is not waited for).
     pub fn abort(&mut self, why: &str) {
         for link in &mut self.links {
-            let _ = send(link, &Message::Abort { rank: self.rank as u32, why: why.into() });
+            let _ = send(link, &Message::Abort { rank: self.rank as u32, why: why.into() }, soon());
         }
     }
 
@@ -518,14 +544,14 @@ impl Bootstrap {
             }
         }
         for (i, link) in self.links.iter_mut().enumerate() {
-            send(link, &Message::Scatter { round, parts: parts.clone() }).map_err(|e| peer_of(e, i + 1))?;
+            send(link, &Message::Scatter { round, parts: parts.clone() }, deadline).map_err(|e| timed_out(peer_of(e, i + 1), &format!("rank {} to read", i + 1)))?;
         }
         Ok(parts)
     }
 
     fn gather_at_leaf(&mut self, data: &[u8], round: u64, deadline: Instant) -> Result<Vec<Vec<u8>>> {
         let root = &mut self.links[0];
-        send(root, &Message::Gather { round, data: data.to_vec() }).map_err(|e| peer_of(e, 0))?;
+        send(root, &Message::Gather { round, data: data.to_vec() }, deadline).map_err(|e| peer_of(e, 0))?;
         match receive(root, "rank 0", Some(0), deadline).map_err(|e| timed_out(e, "rank 0 (and the ranks it waits for)"))? {
             Message::Scatter { round: got, parts } if got == round && parts.len() == self.world && parts[self.rank] == data => Ok(parts),
             Message::Abort { rank, why } => Err(BootstrapError::Aborted { rank: rank as usize, why }),
@@ -536,6 +562,19 @@ impl Bootstrap {
 
 /// How long a new connection has to send its hello.
 const HELLO_TIME: Duration = Duration::from_secs(2);
+/// Connections saying hello at once; more are closed on arrival.
+const MAX_PENDING: usize = 64;
+
+/// `timeout` from now; a timeout too long for the clock waits a year.
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout).unwrap_or(now + Duration::from_secs(365 * 86_400))
+}
+
+/// The deadline of a best-effort abort message.
+fn soon() -> Instant {
+    Instant::now() + Duration::from_millis(500)
+}
 
 fn check_world(rank: usize, world: usize) -> Result<()> {
     if !(2..=crate::device::abi::MAX_WORLD).contains(&world) || rank >= world {
@@ -562,7 +601,7 @@ fn timed_out(e: BootstrapError, waiting_for: &str) -> BootstrapError {
 /// Sends an abort to every rank that joined, then returns `error`.
 fn abort_all(joined: &mut [Option<(TcpStream, Vec<u8>)>], error: BootstrapError) -> BootstrapError {
     for (stream, _) in joined.iter_mut().flatten() {
-        let _ = send(stream, &Message::Abort { rank: 0, why: error.to_string() });
+        let _ = send(stream, &Message::Abort { rank: 0, why: error.to_string() }, soon());
     }
     error
 }
@@ -589,7 +628,12 @@ mod tests {
         assert_eq!(text.parse::<UniqueId>().unwrap(), id);
         assert!(id.addr().ip().is_loopback());
         assert!(!format!("{id:?}").contains(&text[text.len() - 64..]), "Debug shows the secret");
-        for bad in ["", "flashcomm1", "flashcomm2/127.0.0.1:1/00", "flashcomm1/nowhere/00", &text[..text.len() - 1], &format!("{text}/x"), &text.replace(&text[text.len() - 2..], "zz")] {
+        // 64 bytes that are not 64 hex digits: a multi-byte character (no
+        // panic on slicing), a sign that from_str_radix would accept.
+        let prefix = &text[..text.len() - 64];
+        let accented = format!("{prefix}{}é{}", "0".repeat(30), "0".repeat(32));
+        let signed = format!("{prefix}+f{}", "0".repeat(62));
+        for bad in ["", "flashcomm1", "flashcomm2/127.0.0.1:1/00", "flashcomm1/nowhere/00", &text[..text.len() - 1], &format!("{text}/x"), &text.replace(&text[text.len() - 2..], "zz"), &accented, &signed] {
             assert!(matches!(bad.parse::<UniqueId>(), Err(BootstrapError::BadId(_))), "{bad:?} parsed");
         }
         // Two ids never share a secret.
@@ -754,5 +798,43 @@ mod tests {
             }
             assert!(matches!(r1, Err(BootstrapError::Aborted { rank: 0, .. })), "{bad:?}: rank 1 got {r1:?}");
         }
+    }
+
+    /// Silent connections each get their hello time in parallel: many of
+    /// them delay the real rank by nothing like their sum.
+    #[test]
+    fn silent_connections_do_not_queue_up() {
+        let listener = Listener::loopback().unwrap();
+        let addr = listener.id().addr();
+        let start = Instant::now();
+        let (root, joined) = meet(listener, 2, |id, r| {
+            let silent: Vec<TcpStream> = (0..10).map(|_| TcpStream::connect(addr).unwrap()).collect();
+            let joined = Bootstrap::join(id, r, 2, &identity(), &payload(r), T);
+            drop(silent);
+            joined
+        });
+        assert!(root.is_ok() && joined[0].is_ok());
+        // One hello time at most (2 s), not ten.
+        assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+    }
+
+    /// A rank that aborts: rank 0 relays it, so the other ranks stop at
+    /// once instead of at their deadline; deadlines of any length are fine.
+    #[test]
+    fn an_abort_reaches_every_rank() {
+        let (root, joined) = meet(Listener::loopback().unwrap(), 3, |id, r| Bootstrap::join(id, r, 3, &identity(), &payload(r), T));
+        let (mut root, _) = root.unwrap();
+        let mut joined: Vec<Bootstrap> = joined.into_iter().map(|j| j.unwrap().0).collect();
+        let mut two = joined.pop().unwrap();
+        let mut one = joined.pop().unwrap();
+        let start = Instant::now();
+        let (r0, r2) = std::thread::scope(|s| {
+            let h = s.spawn(|| two.all_gather(b"2", Duration::MAX));
+            one.abort("rank 1 gives up");
+            (root.all_gather(b"0", Duration::MAX), h.join().unwrap())
+        });
+        assert!(matches!(r0, Err(BootstrapError::Aborted { rank: 1, ref why }) if why == "rank 1 gives up"), "{r0:?}");
+        assert!(matches!(r2, Err(BootstrapError::Aborted { rank: 0, ref why }) if why.contains("rank 1 gives up")), "{r2:?}");
+        assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
     }
 }

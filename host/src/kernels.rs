@@ -18,19 +18,32 @@ use std::sync::Arc;
 /// (seconds, cached by the driver in `~/.nv/ComputeCache`).
 #[derive(Clone, Copy, Debug)]
 pub struct KernelImage {
-    /// PTX text (for compute capability 8.0 and newer).
-    pub ptx: &'static str,
-    /// SASS of [`ptx`](Self::ptx), per architecture.
-    pub sass: &'static [Sass],
+    ptx: &'static str,
+    sass: &'static [Sass],
 }
 
 /// A cubin: the image's PTX assembled for one architecture.
 #[derive(Clone, Copy, Debug)]
 pub struct Sass {
+    arch: (u32, u32),
+    cubin: &'static [u8],
+}
+
+impl Sass {
+    /// The cubin `cubin` (an ELF file) for compute capability `arch`.
+    pub const fn new(arch: (u32, u32), cubin: &'static [u8]) -> Self {
+        Self { arch, cubin }
+    }
+
     /// The architecture, as compute capability `(major, minor)`.
-    pub arch: (u32, u32),
-    /// The cubin (an ELF file).
-    pub cubin: &'static [u8],
+    pub fn arch(&self) -> (u32, u32) {
+        self.arch
+    }
+
+    /// The cubin.
+    pub fn cubin(&self) -> &'static [u8] {
+        self.cubin
+    }
 }
 
 /// Which code of a [`KernelImage`] a GPU runs.
@@ -55,6 +68,29 @@ impl std::fmt::Display for KernelCode {
 }
 
 impl KernelImage {
+    /// An image of `ptx` (for compute capability 8.0 and newer) and the
+    /// same code assembled for the architectures of `sass`.
+    ///
+    /// # Safety
+    /// The driver reads each cubin by the offsets in its own headers (it is
+    /// given no length): every `sass` entry must be a complete cubin that
+    /// ptxas made for its architecture, and `ptx` must hold every kernel of
+    /// the device crate's table with its argument layout: flashcomm's
+    /// `KERNELS` (built by scripts/build-kernels.sh, checked in CI).
+    pub const unsafe fn new(ptx: &'static str, sass: &'static [Sass]) -> Self {
+        Self { ptx, sass }
+    }
+
+    /// The PTX text.
+    pub fn ptx(&self) -> &'static str {
+        self.ptx
+    }
+
+    /// The SASS, per architecture.
+    pub fn sass(&self) -> &'static [Sass] {
+        self.sass
+    }
+
     /// The same image without SASS: every GPU JIT-compiles the PTX (for
     /// checking the PTX path on a GPU that has SASS).
     pub const fn ptx_only(&self) -> KernelImage {
@@ -90,9 +126,12 @@ impl LoadedKernels {
             return Err(Error::NoGpu(format!("compute capability {major}.{minor}: flashcomm's kernels need 8.0 or newer")));
         }
         let code = image.code_for((major, minor));
-        let module = match image.sass_for((major, minor)) {
-            Some(sass) => Module::load(ctx, ModuleImage::Cubin(sass.cubin))?,
-            None => Module::load(ctx, ModuleImage::Ptx(image.ptx))?,
+        // SAFETY: a KernelImage's cubins are complete (KernelImage::new).
+        let module = unsafe {
+            match image.sass_for((major, minor)) {
+                Some(sass) => Module::load(ctx, ModuleImage::Cubin(sass.cubin))?,
+                None => Module::load(ctx, ModuleImage::Ptx(image.ptx))?,
+            }
         };
         let mut functions = HashMap::new();
         for (id, name) in KernelId::all() {

@@ -38,6 +38,8 @@ fn main() {
         ("streams::engine_streams_ordered", 2, streams::engine_streams_ordered),
         ("streams::from_engine_streams", 2, streams::from_engine_streams),
         ("streams::sass_and_ptx_agree", 1, streams::sass_and_ptx_agree),
+        ("streams::shared_gpu_ranks_share_a_buffer_stream", 1, streams::shared_gpu_ranks_share_a_buffer_stream),
+        ("streams::nccl_on_engine_streams", 2, streams::nccl_on_engine_streams),
         ("failure::watchdog_missing_rank", 2, failure::watchdog_missing_rank),
         ("failure::watchdog_missing_rank_shared_device", 1, failure::watchdog_missing_rank_shared_device),
         ("failure::mismatched_lengths_detected", 2, failure::mismatched_lengths_detected),

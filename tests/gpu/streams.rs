@@ -257,7 +257,7 @@ pub fn sass_and_ptx_agree() -> TestResult {
         let comm = ctx(Communicator::new(&devices, config.clone(), &image), "create")?;
         let code = ctx(comm.kernel_code(0), "kernel code")?;
         println!("streams::sass_and_ptx_agree: {code} on {}, created in {:?}", comm.gpu_name(), start.elapsed());
-        let want_code = match image.sass.is_empty() {
+        let want_code = match image.sass().is_empty() {
             true => flashcomm::KernelCode::Ptx,
             false => {
                 let context = ctx(comm.context(0), "ctx")?;
@@ -280,4 +280,78 @@ pub fn sass_and_ptx_agree() -> TestResult {
         }
     }
     Ok(())
+}
+
+/// Two ranks on one GPU whose buffers share one stream (the engine's
+/// legacy default stream), through the all-rank entry point: every rank's
+/// stream first waits for the buffer stream, then both launch, then the
+/// buffer stream waits for both. Joined rank by rank, the second rank's
+/// stream would wait behind the first rank's kernel, which waits for the
+/// second rank: a timeout instead of a result.
+pub fn shared_gpu_ranks_share_a_buffer_stream() -> TestResult {
+    let devices = [0usize, 0];
+    let config = flashcomm::Config { shared_devices: true, timeout: Some(std::time::Duration::from_secs(2)), ..exact_config() };
+    let comm = ctx(Communicator::new(&devices, config, &KERNELS), "create")?;
+    let engine = Engine::new(0, false)?;
+    let mut rng = Rng::new(seed("streams::shared_gpu_ranks_share_a_buffer_stream"));
+    for (algorithm, q, len) in SETTINGS {
+        let data = make_inputs::<bf16>(&mut rng, DataKind::Activations, 2, len);
+        let want = expected(&data, q)?;
+        let engines = [&engine, &engine];
+        let mut bufs = (Vec::new(), Vec::new(), Vec::new());
+        for d in &data {
+            let (i, o, s) = engine.buffers(d)?;
+            bufs.0.push(i);
+            bufs.1.push(o);
+            bufs.2.push(s);
+        }
+        for r in 0..2 {
+            engines[r].write(&bufs.2[r], &mut bufs.0[r])?;
+        }
+        ctx(comm.all_reduce_with(&bufs.0, &mut bufs.1, &opts(algorithm, q)), "call")?;
+        let got: Vec<Vec<bf16>> = bufs.1.iter().map(|o| engine.read(o)).collect::<Result<_, _>>()?;
+        ctx(comm.synchronize(), "synchronize")?;
+        compare_bits(&got, &want, &format!("one buffer stream for two ranks of GPU 0, {algorithm:?} {} len {len}", q.label()))?;
+    }
+    println!("streams::shared_gpu_ranks_share_a_buffer_stream: exact");
+    Ok(())
+}
+
+/// NCCL through the all-rank entry point on buffers of the engine's
+/// per-thread streams: the buffer streams must wait for NCCL's kernels,
+/// which NCCL queues only at the end of its group. A read right after the
+/// call must see the sum (within bf16 of the exact one), never the poison.
+#[cfg(feature = "nccl")]
+pub fn nccl_on_engine_streams() -> TestResult {
+    if !flashcomm::nccl::available() {
+        return Err("libnccl.so cannot be loaded (set LD_LIBRARY_PATH; see docs/gpu-testing.md)".into());
+    }
+    let devices = [0usize, 1];
+    let comm = ctx(Communicator::new(&devices, flashcomm::Config { nccl_fallback: true, ..exact_config() }, &KERNELS), "create")?;
+    let engines = engines(&devices, true)?;
+    let mut rng = Rng::new(seed("streams::nccl_on_engine_streams"));
+    let len = 1 << 22;
+    let data = make_inputs::<bf16>(&mut rng, DataKind::Normal, 2, len);
+    let (mut inputs, mut outputs, sources) = engine_buffers(&engines, &data)?;
+    write_all(&engines, &sources, &mut inputs)?;
+    let nccl = CallOptions { algorithm: Some(Algorithm::Nccl), ..Default::default() };
+    ctx(comm.all_reduce_with(&inputs, &mut outputs, &nccl), "NCCL call")?;
+    let got = read_all(&engines, &outputs)?;
+    ctx(comm.synchronize(), "synchronize")?;
+    for (r, out) in got.iter().enumerate() {
+        for (i, y) in out.iter().enumerate() {
+            let exact = data[0][i].to_f64() + data[1][i].to_f64();
+            if !(y.to_f64() - exact).abs().le(&(exact.abs() / 128.0 + 1e-30)) {
+                return Err(format!("rank {r}, element {i}: read {} ({:#06x}), the sum is {exact}", y.to_f32(), y.to_bits()).into());
+            }
+        }
+    }
+    println!("streams::nccl_on_engine_streams: {len} elements read right after the NCCL call, all the sum");
+    Ok(())
+}
+
+/// Registered as ignored without the `nccl` feature (main.rs).
+#[cfg(not(feature = "nccl"))]
+pub fn nccl_on_engine_streams() -> TestResult {
+    Err("built without the nccl feature".into())
 }

@@ -34,7 +34,17 @@
 //! stream, is ordered after the work queued there so far, and that stream
 //! waits for the call, through explicit events: correct whether or not the
 //! context is in cudarc's multi-stream mode (candle's is not). On the
-//! rank's own stream no event is needed, and none is recorded.
+//! rank's own stream no event is needed, and none is recorded. Limits:
+//! - A buffer on the per-thread default stream is ordered with the
+//!   per-thread stream of the thread that makes the call: make the call
+//!   from the thread that wrote the buffer.
+//! - The all-rank entry points order every rank first and launch after, so
+//!   ranks sharing a GPU (tests) may share a buffer stream; the per-rank
+//!   entry points cannot (the second rank's call would wait on a stream
+//!   that waits for the first rank's kernel).
+//! - While the caller captures the communicator's stream itself, buffer
+//!   streams outside that capture are not joined (a capture cannot wait on
+//!   work outside it): the graph's launches must follow their writers.
 //!
 //! # Residency
 //! A call's blocks wait for the same blocks of every peer, so on every GPU
@@ -317,19 +327,16 @@ impl Communicator {
                 return Err(Error::OutputLength { rank: r, input: inputs[r].len(), output: outputs[r].len() });
             }
             self.check_buffer(r, outputs[r].stream(), outputs[r].len(), len)?;
-            let (input, _) = inputs[r].device_ptr(&self.ranks[r].stream);
-            let (output, _) = outputs[r].device_ptr_mut(&self.ranks[r].stream);
+            let (input, output) = (buffer_address(&inputs[r]), buffer_address_mut(&mut outputs[r]));
             check_addresses(r, input, output, len, T::DTYPE)?;
         }
         let plan = self.plan(len, T::DTYPE, opts)?;
-        self.issue_every_rank(plan, |r| {
+        let foreign = (0..world).map(|r| self.foreign_streams(r, &[inputs[r].stream(), outputs[r].stream()])).collect::<Result<Vec<_>>>()?;
+        self.issue_ordered(plan, &foreign, |r| {
             let stream = &self.ranks[r].stream;
-            let buffer_streams = [inputs[r].stream().clone(), outputs[r].stream().clone()];
-            self.ordered_with(r, &[&buffer_streams[0], &buffer_streams[1]], || {
-                let (src, _read) = inputs[r].device_ptr(stream);
-                let (dst, _write) = outputs[r].device_ptr_mut(stream);
-                self.launch(Call { rank: r, input: src, output: dst, len, dtype: T::DTYPE, plan }, opts, None)
-            })
+            let (src, _read) = inputs[r].device_ptr(stream);
+            let (dst, _write) = outputs[r].device_ptr_mut(stream);
+            self.launch(Call { rank: r, input: src, output: dst, len, dtype: T::DTYPE, plan }, opts, None)
         })
     }
 
@@ -367,16 +374,14 @@ impl Communicator {
         let len = buffers[0].len();
         for (r, b) in buffers.iter_mut().enumerate() {
             self.check_buffer(r, b.stream(), b.len(), len)?;
-            let (ptr, _) = b.device_ptr_mut(&self.ranks[r].stream);
+            let ptr = buffer_address_mut(b);
             check_addresses(r, ptr, ptr, len, T::DTYPE)?;
         }
         let plan = self.plan(len, T::DTYPE, opts)?;
-        self.issue_every_rank(plan, |r| {
-            let buffer_stream = buffers[r].stream().clone();
-            self.ordered_with(r, &[&buffer_stream], || {
-                let (ptr, _write) = buffers[r].device_ptr_mut(&self.ranks[r].stream);
-                self.launch(Call { rank: r, input: ptr, output: ptr, len, dtype: T::DTYPE, plan }, opts, None)
-            })
+        let foreign = (0..world).map(|r| self.foreign_streams(r, &[buffers[r].stream()])).collect::<Result<Vec<_>>>()?;
+        self.issue_ordered(plan, &foreign, |r| {
+            let (ptr, _write) = buffers[r].device_ptr_mut(&self.ranks[r].stream);
+            self.launch(Call { rank: r, input: ptr, output: ptr, len, dtype: T::DTYPE, plan }, opts, None)
         })
     }
 
@@ -424,17 +429,18 @@ impl Communicator {
             return Err(Error::OutputLength { rank, input: input.len(), output: output.len() });
         }
         self.check_buffer(rank, output.stream(), output.len(), input.len())?;
-        let (src, _) = input.device_ptr(&r.stream);
-        let (dst, _) = output.device_ptr_mut(&r.stream);
-        check_addresses(rank, src, dst, input.len(), T::DTYPE)?;
+        check_addresses(rank, buffer_address(input), buffer_address_mut(output), input.len(), T::DTYPE)?;
         let plan = self.plan(input.len(), T::DTYPE, opts)?;
         let _one_call_order = self.launch_lock(rank)?;
-        let output_stream = output.stream().clone();
-        self.ordered_with(rank, &[input.stream(), &output_stream], || {
+        let foreign = self.foreign_streams(rank, &[input.stream(), output.stream()])?;
+        self.join_before(rank, &foreign)?;
+        let launched = {
             let (src, _read) = input.device_ptr(&r.stream);
             let (dst, _write) = output.device_ptr_mut(&r.stream);
             self.launch(Call { rank, input: src, output: dst, len: input.len(), dtype: T::DTYPE, plan }, opts, None)
-        })
+        };
+        let joined = self.join_after(rank, &foreign);
+        launched.and(joined)
     }
 
     /// In-place variant of [`Communicator::all_reduce_rank`].
@@ -443,15 +449,18 @@ impl Communicator {
         let r = self.rank(rank)?;
         let len = buffer.len();
         self.check_buffer(rank, buffer.stream(), len, len)?;
-        let (ptr, _) = buffer.device_ptr_mut(&r.stream);
+        let ptr = buffer_address_mut(buffer);
         check_addresses(rank, ptr, ptr, len, T::DTYPE)?;
         let plan = self.plan(len, T::DTYPE, opts)?;
         let _one_call_order = self.launch_lock(rank)?;
-        let buffer_stream = buffer.stream().clone();
-        self.ordered_with(rank, &[&buffer_stream], || {
+        let foreign = self.foreign_streams(rank, &[buffer.stream()])?;
+        self.join_before(rank, &foreign)?;
+        let launched = {
             let (ptr, _write) = buffer.device_ptr_mut(&r.stream);
             self.launch(Call { rank, input: ptr, output: ptr, len, dtype: T::DTYPE, plan }, opts, None)
-        })
+        };
+        let joined = self.join_after(rank, &foreign);
+        launched.and(joined)
     }
 
     /// Raw entry point for engines that manage their own memory: all-reduce
@@ -509,32 +518,90 @@ impl Communicator {
         r.ctx.bind_to_thread()?;
         // SAFETY: caller contract 2 (a live stream of this context).
         let user = unsafe { r.ctx.wrap_borrowed_stream(stream) };
-        self.ordered_with(rank, &[&user], || self.launch(Call { rank, input, output, len, dtype, plan }, opts, None))
+        let foreign = self.foreign_streams(rank, &[&user])?;
+        self.join_before(rank, &foreign)?;
+        let launched = self.launch(Call { rank, input, output, len, dtype, plan }, opts, None);
+        let joined = self.join_after(rank, &foreign);
+        launched.and(joined)
     }
 
-    /// Runs `launch` (rank `rank`'s kernels, queued on its stream) ordered
-    /// after the work queued so far on each of `streams` (the streams the
-    /// call's buffers belong to, or the caller's), and makes each of them
-    /// wait for the call. Explicit events, not cudarc's per-buffer ones:
-    /// those exist only while a context is in cudarc's multi-stream mode,
-    /// which an engine's context (candle's) may never enter. A buffer on
-    /// the rank's own stream needs nothing (`Communicator::from_streams`).
-    fn ordered_with(&self, rank: usize, streams: &[&CudaStream], launch: impl FnOnce() -> Result<()>) -> Result<()> {
+    /// The streams rank `rank`'s call must be ordered with: those of its
+    /// buffers (or the caller's stream) other than the rank's own, once
+    /// each. Explicit events, not cudarc's per-buffer ones: those exist only
+    /// while a context is in cudarc's multi-stream mode, which an engine's
+    /// context (candle's) may never enter. A buffer on the rank's own stream
+    /// needs nothing (`Communicator::from_streams`).
+    ///
+    /// A stream not being captured while the rank's stream is (the caller
+    /// captures the communicator's stream itself) cannot be joined into the
+    /// capture: it is left out, and the graph's launch must follow that
+    /// stream's writes (module docs, CUDA graphs).
+    fn foreign_streams(&self, rank: usize, streams: &[&Arc<CudaStream>]) -> Result<Vec<Arc<CudaStream>>> {
         let own = &self.ranks[rank].stream;
-        let mut foreign: Vec<&CudaStream> = Vec::with_capacity(streams.len());
+        let mut foreign: Vec<Arc<CudaStream>> = Vec::with_capacity(streams.len());
         for &s in streams {
             if s.cu_stream() != own.cu_stream() && !foreign.iter().any(|f| f.cu_stream() == s.cu_stream()) {
-                foreign.push(s);
+                foreign.push(s.clone());
             }
         }
-        for s in &foreign {
-            own.join(s)?;
+        if !foreign.is_empty() && self.capturing(own)? {
+            let mut kept = Vec::with_capacity(foreign.len());
+            for s in foreign {
+                if self.capturing(&s)? {
+                    kept.push(s);
+                }
+            }
+            foreign = kept;
         }
-        launch()?;
-        for s in &foreign {
-            s.join(own)?;
+        Ok(foreign)
+    }
+
+    fn capturing(&self, stream: &CudaStream) -> Result<bool> {
+        stream.context().bind_to_thread()?;
+        // SAFETY: a live stream of the context just bound.
+        Ok(unsafe { crate::driver::graph::capturing_graph(stream.cu_stream())? }.is_some())
+    }
+
+    /// Rank `rank`'s stream waits for the work queued so far on `foreign`.
+    fn join_before(&self, rank: usize, foreign: &[Arc<CudaStream>]) -> Result<()> {
+        foreign.iter().try_for_each(|s| Ok(self.ranks[rank].stream.join(s)?))
+    }
+
+    /// Every stream of `foreign` waits for rank `rank`'s call. Runs whether
+    /// or not the launch succeeded (part of a call may be queued). When a
+    /// stream cannot be made to wait, its buffers could be read or freed
+    /// while the call runs: the rank's collectives are aborted and waited
+    /// for before the error returns, and the communicator is poisoned.
+    fn join_after(&self, rank: usize, foreign: &[Arc<CudaStream>]) -> Result<()> {
+        let own = &self.ranks[rank].stream;
+        let joined = foreign.iter().try_for_each(|s| s.join(own));
+        if let Err(e) = joined {
+            let _ = self.abort_kernels();
+            let _ = own.synchronize();
+            lock(&self.poisoned).get_or_insert_with(|| format!("rank {rank}: a buffer's stream could not be ordered after a call: {e:?}"));
+            return Err(e.into());
         }
         Ok(())
+    }
+
+    /// [`Communicator::issue_every_rank`] ordered with the streams of the
+    /// call's buffers, in three phases: every rank's stream waits for its
+    /// buffers' streams, then every rank's launch (in one NCCL group when
+    /// the plan is NCCL, whose kernels are queued only at the group's end),
+    /// then every buffer stream waits for its rank's call, whatever the
+    /// launches returned. Joining rank by rank instead would make a stream
+    /// shared by two ranks of one GPU wait for the first rank's kernel,
+    /// which waits for the second rank's, never queued.
+    fn issue_ordered(&self, plan: Plan, foreign: &[Vec<Arc<CudaStream>>], launch: impl FnMut(usize) -> Result<()>) -> Result<()> {
+        (0..self.world_size()).try_for_each(|r| self.join_before(r, &foreign[r]))?;
+        let issued = self.issue_every_rank(plan, launch);
+        let mut joined = Ok(());
+        for (r, streams) in foreign.iter().enumerate() {
+            if let Err(e) = self.join_after(r, streams) {
+                joined = joined.and(Err(e));
+            }
+        }
+        issued.and(joined)
     }
 
     /// Issues `launch(rank)` for every rank, in rank order, as one unit:
@@ -715,6 +782,23 @@ fn device_error(rank: usize, words: &[u32]) -> Option<Error> {
         ErrorWord::KIND_ABORTED => Error::Aborted { rank },
         _ => Error::PeerTimeout { rank, peer, phase: if err.phase() == 0 { "entry" } else { "second" }, block },
     })
+}
+
+/// A buffer's device address, for the checks before a call: taken on the
+/// buffer's own stream, so cudarc's event bookkeeping (in multi-stream mode)
+/// touches no other stream, and no capture of another stream pulls in the
+/// rank's stream before the call is known to go ahead.
+fn buffer_address<T>(b: &impl DevicePtr<T>) -> u64 {
+    let stream = b.stream().clone();
+    let (ptr, _record) = b.device_ptr(&stream);
+    ptr
+}
+
+/// [`buffer_address`] of an output.
+fn buffer_address_mut<T>(b: &mut impl DevicePtrMut<T>) -> u64 {
+    let stream = b.stream().clone();
+    let (ptr, _record) = b.device_ptr_mut(&stream);
+    ptr
 }
 
 /// Checks of a rank's input and output addresses (raw pointers, or views

@@ -11,17 +11,57 @@ use std::sync::{Arc, Mutex};
 /// `stream` is a live stream of the context bound to this thread.
 pub unsafe fn capturing_graph(stream: sys::CUstream) -> Result<Option<sys::CUgraph>, DriverError> {
     let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
-    let mut id = 0;
-    let mut graph: sys::CUgraph = std::ptr::null_mut();
-    // `_v3`: the one name every CUDA API level from 12.3 on binds (CUDA 13
-    // dropped `_v2`; candle builds against whatever nvcc is installed).
-    // SAFETY: valid out-pointers; the dependency and edge outputs are
-    // optional (null).
-    unsafe {
-        sys::cuStreamGetCaptureInfo_v3(stream, &mut status, &mut id, &mut graph, std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut())
+    // SAFETY: a valid out-pointer; `cuStreamIsCapturing` exists in every
+    // CUDA API level cudarc binds.
+    unsafe { sys::cuStreamIsCapturing(stream, &mut status) }.result()?;
+    if status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_ACTIVE {
+        return Ok(None);
     }
-    .result()?;
+    let mut id = 0u64;
+    let mut graph: sys::CUgraph = std::ptr::null_mut();
+    use std::ptr::null_mut as null;
+    // SAFETY: valid out-pointers; the dependency and edge outputs are
+    // optional (null); the signatures are the driver's (cuda.h).
+    let got = unsafe {
+        match capture_info() {
+            Some(CaptureInfo::V3(f)) => f(stream, &mut status, &mut id, &mut graph, null(), null(), null()),
+            Some(CaptureInfo::V2(f)) => f(stream, &mut status, &mut id, &mut graph, null(), null()),
+            None => sys::CUresult::CUDA_ERROR_NOT_SUPPORTED,
+        }
+    };
+    got.result()?;
     Ok((status == sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_ACTIVE && !graph.is_null()).then_some(graph))
+}
+
+/// `cuStreamGetCaptureInfo`, looked up in the loaded driver: `_v3` (drivers
+/// of CUDA 12.3 and newer) or `_v2` (11.3 to 12.x). Not through cudarc's
+/// bindings, which offer one or the other depending on the CUDA API level
+/// the application picked (CUDA 13 has no `_v2`) and panic when a driver
+/// lacks the symbol.
+enum CaptureInfo {
+    V3(unsafe extern "C" fn(sys::CUstream, *mut sys::CUstreamCaptureStatus, *mut u64, *mut sys::CUgraph, *mut *const sys::CUgraphNode, *mut *const c_void, *mut usize) -> sys::CUresult),
+    V2(unsafe extern "C" fn(sys::CUstream, *mut sys::CUstreamCaptureStatus, *mut u64, *mut sys::CUgraph, *mut *const sys::CUgraphNode, *mut usize) -> sys::CUresult),
+}
+
+fn capture_info() -> Option<&'static CaptureInfo> {
+    static FOUND: std::sync::OnceLock<Option<(libloading::Library, CaptureInfo)>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            // SAFETY: the driver library, already loaded by the process
+            // (this only takes another reference to it).
+            let lib = ["libcuda.so.1", "libcuda.so", "nvcuda.dll"].iter().find_map(|&n| unsafe { libloading::Library::new(n) }.ok())?;
+            // SAFETY: the types are these symbols' signatures in cuda.h; the
+            // library stays loaded with the pointers (kept together here).
+            let info = unsafe {
+                match lib.get(b"cuStreamGetCaptureInfo_v3\0") {
+                    Ok(f) => CaptureInfo::V3(*f),
+                    Err(_) => CaptureInfo::V2(*lib.get(b"cuStreamGetCaptureInfo_v2\0").ok()?),
+                }
+            };
+            Some((lib, info))
+        })
+        .as_ref()
+        .map(|(_, info)| info)
 }
 
 /// Values whose graphs were destroyed, waiting to be dropped on an ordinary

@@ -32,7 +32,12 @@ unsafe impl Sync for Function {}
 impl Module {
     /// Loads `image` on `ctx`: PTX text (the driver JIT-compiles it) or a
     /// cubin (machine code for the device's architecture).
-    pub fn load(ctx: &Arc<CudaContext>, image: ModuleImage<'_>) -> Result<Self, DriverError> {
+    ///
+    /// # Safety
+    /// A cubin must be complete and well formed: the driver reads it by the
+    /// offsets in its headers, with no length (only the ELF magic is checked
+    /// here).
+    pub unsafe fn load(ctx: &Arc<CudaContext>, image: ModuleImage<'_>) -> Result<Self, DriverError> {
         ctx.bind_to_thread()?;
         let handle = match image {
             ModuleImage::Ptx(text) => {
@@ -47,8 +52,8 @@ impl Module {
                 if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" {
                     return Err(DriverError(sys::CUresult::CUDA_ERROR_INVALID_IMAGE));
                 }
-                // SAFETY: an ELF image (checked above, validated by the
-                // driver), alive during the call; the context is bound.
+                // SAFETY: a complete cubin (caller contract), alive during
+                // the call; the context is bound.
                 unsafe { result::module::load_data(bytes.as_ptr() as *const c_void)? }
             }
         };
