@@ -72,10 +72,15 @@ fn engines(devices: &[usize], per_thread: bool) -> Result<Vec<Engine>, libtest_m
     devices.iter().map(|&d| Engine::new(d, per_thread)).collect()
 }
 
+/// The engines as the per-rank helpers take them (one engine may serve two ranks).
+fn each(engines: &[Engine]) -> Vec<&Engine> {
+    engines.iter().collect()
+}
+
 type Buffers = (Vec<CudaSlice<bf16>>, Vec<CudaSlice<bf16>>, Vec<CudaSlice<bf16>>);
 
 /// Every engine's poisoned inputs and outputs and write sources.
-fn engine_buffers(engines: &[Engine], data: &[Vec<bf16>]) -> Result<Buffers, libtest_mimic::Failed> {
+fn engine_buffers(engines: &[&Engine], data: &[Vec<bf16>]) -> Result<Buffers, libtest_mimic::Failed> {
     let mut all: Buffers = (Vec::new(), Vec::new(), Vec::new());
     for (engine, d) in engines.iter().zip(data) {
         let (i, o, s) = engine.buffers(d)?;
@@ -86,11 +91,11 @@ fn engine_buffers(engines: &[Engine], data: &[Vec<bf16>]) -> Result<Buffers, lib
     Ok(all)
 }
 
-fn write_all(engines: &[Engine], sources: &[CudaSlice<bf16>], inputs: &mut [CudaSlice<bf16>]) -> TestResult {
+fn write_all(engines: &[&Engine], sources: &[CudaSlice<bf16>], inputs: &mut [CudaSlice<bf16>]) -> TestResult {
     engines.iter().zip(sources).zip(inputs.iter_mut()).try_for_each(|((e, s), i)| e.write(s, i))
 }
 
-fn read_all(engines: &[Engine], outputs: &[CudaSlice<bf16>]) -> Result<Vec<Vec<bf16>>, libtest_mimic::Failed> {
+fn read_all(engines: &[&Engine], outputs: &[CudaSlice<bf16>]) -> Result<Vec<Vec<bf16>>, libtest_mimic::Failed> {
     engines.iter().zip(outputs).map(|(e, o)| e.read(o)).collect()
 }
 
@@ -149,7 +154,8 @@ pub fn engine_streams_ordered() -> TestResult {
         compare_bits(&outs.1, &want, &format!("per-thread streams, per-rank in place, {what}"))?;
 
         // One thread, the all-rank entry point and the raw one.
-        let engines = engines(&devices, true)?;
+        let owned = engines(&devices, true)?;
+        let engines = each(&owned);
         let (mut inputs, mut outputs, sources) = engine_buffers(&engines, &data)?;
         write_all(&engines, &sources, &mut inputs)?;
         ctx(comm.all_reduce_with(&inputs, &mut outputs, &o), "all-rank call")?;
@@ -164,7 +170,7 @@ pub fn engine_streams_ordered() -> TestResult {
         }
         compare_bits(&read_all(&engines, &outputs)?, &want, &format!("per-thread streams, raw call, {what}"))?;
         ctx(comm.synchronize(), "synchronize")?;
-        if engines.iter().any(Engine::multi_stream) {
+        if engines.iter().any(|e| e.multi_stream()) {
             return Err(format!("{what}: an engine context entered cudarc's multi-stream mode").into());
         }
     }
@@ -180,10 +186,11 @@ pub fn engine_streams_ordered() -> TestResult {
 pub fn from_engine_streams() -> TestResult {
     let world = 2;
     let devices: Vec<usize> = (0..world).collect();
-    let engines = engines(&devices, false)?;
+    let owned = engines(&devices, false)?;
+    let engines = each(&owned);
     let streams: Vec<Arc<CudaStream>> = engines.iter().map(|e| e.stream.clone()).collect();
     let comm = ctx(Communicator::from_streams(&streams, exact_config(), &KERNELS), "from_streams")?;
-    if engines.iter().any(Engine::multi_stream) {
+    if engines.iter().any(|e| e.multi_stream()) {
         return Err("from_streams put an engine context into cudarc's multi-stream mode".into());
     }
     for r in 0..world {
@@ -224,7 +231,7 @@ pub fn from_engine_streams() -> TestResult {
         }
     }
     ctx(comm.synchronize(), "synchronize")?;
-    if engines.iter().any(Engine::multi_stream) {
+    if engines.iter().any(|e| e.multi_stream()) {
         return Err("calls put an engine context into cudarc's multi-stream mode".into());
     }
     drop(comm);
@@ -297,19 +304,11 @@ pub fn shared_gpu_ranks_share_a_buffer_stream() -> TestResult {
     for (algorithm, q, len) in SETTINGS {
         let data = make_inputs::<bf16>(&mut rng, DataKind::Activations, 2, len);
         let want = expected(&data, q)?;
-        let engines = [&engine, &engine];
-        let mut bufs = (Vec::new(), Vec::new(), Vec::new());
-        for d in &data {
-            let (i, o, s) = engine.buffers(d)?;
-            bufs.0.push(i);
-            bufs.1.push(o);
-            bufs.2.push(s);
-        }
-        for r in 0..2 {
-            engines[r].write(&bufs.2[r], &mut bufs.0[r])?;
-        }
-        ctx(comm.all_reduce_with(&bufs.0, &mut bufs.1, &opts(algorithm, q)), "call")?;
-        let got: Vec<Vec<bf16>> = bufs.1.iter().map(|o| engine.read(o)).collect::<Result<_, _>>()?;
+        let ranks = [&engine, &engine];
+        let (mut inputs, mut outputs, sources) = engine_buffers(&ranks, &data)?;
+        write_all(&ranks, &sources, &mut inputs)?;
+        ctx(comm.all_reduce_with(&inputs, &mut outputs, &opts(algorithm, q)), "call")?;
+        let got = read_all(&ranks, &outputs)?;
         ctx(comm.synchronize(), "synchronize")?;
         compare_bits(&got, &want, &format!("one buffer stream for two ranks of GPU 0, {algorithm:?} {} len {len}", q.label()))?;
     }
@@ -328,7 +327,8 @@ pub fn nccl_on_engine_streams() -> TestResult {
     }
     let devices = [0usize, 1];
     let comm = ctx(Communicator::new(&devices, flashcomm::Config { nccl_fallback: true, ..exact_config() }, &KERNELS), "create")?;
-    let engines = engines(&devices, true)?;
+    let owned = engines(&devices, true)?;
+    let engines = each(&owned);
     let mut rng = Rng::new(seed("streams::nccl_on_engine_streams"));
     let len = 1 << 22;
     let data = make_inputs::<bf16>(&mut rng, DataKind::Normal, 2, len);
