@@ -7,7 +7,7 @@
 #                 rest, optimise at O3 (so no `.extern .func` is left behind)
 #   llc        -> PTX for one fixed sm
 # The LLVM tools come from the pinned toolchain's `llvm-tools` component;
-# build.rs passes their folder in FLASHCOMM_LLVM_BIN.
+# scripts/build-kernels.sh passes their folder in FLASHCOMM_LLVM_BIN.
 set -euo pipefail
 bin="${FLASHCOMM_LLVM_BIN:-}"
 tool() { if [ -n "$bin" ]; then echo "$bin/$1"; else echo "$1"; fi; }
