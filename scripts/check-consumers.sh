@@ -7,7 +7,7 @@
 #   2. next to candle: cudarc with candle-core 0.11's feature set (CUDA
 #      linked at build time, its version from the build system) and
 #      flashcomm without default features: `cargo check` at CUDA API levels
-#      12.3, 12.9 and 13.0 (linking would need libcuda; the build system's
+#      11.8, 12.9 and 13.0 (linking would need libcuda; the build system's
 #      CUDA version comes from CUDARC_CUDA_VERSION, as cudarc reads it
 #      before asking nvcc);
 #   3. packaged: `cargo package` of the three library crates, then a
@@ -72,9 +72,9 @@ echo "== 2. next to candle: cudarc dynamic-linking + cuda-version-from-build-sys
 new_crate "$work/candle" "flashcomm = { path = \"$root\", default-features = false, features = [\"nccl\"] }
 half = \"2.7\"
 cudarc = { version = \"0.19\", default-features = false, features = [\"std\", \"cublas\", \"cublaslt\", \"curand\", \"driver\", \"nvrtc\", \"f16\", \"f8\", \"cuda-version-from-build-system\", \"dynamic-linking\"] }"
-# The oldest CUDA API level flashcomm supports (12.3: cuStreamGetCaptureInfo_v3),
-# the default's neighbour, and CUDA 13 (what candle gets from a current nvcc).
-for version in 12030 12090 13000; do
+# An old CUDA API level (11.8), the default's neighbour, and CUDA 13 (what
+# candle gets from a current nvcc): flashcomm must build against each.
+for version in 11080 12090 13000; do
   (cd "$work/candle" && stable_env CUDARC_CUDA_VERSION=$version cargo check --quiet)
   echo "checked with CUDA API $version"
 done
