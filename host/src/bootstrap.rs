@@ -225,7 +225,7 @@ impl Identity {
     }
 
     /// The first field where `other` differs, as text.
-    fn difference(&self, other: &Identity) -> Option<String> {
+    pub(crate) fn difference(&self, other: &Identity) -> Option<String> {
         if self.library != other.library {
             return Some(format!("flashcomm {} against {}", other.library, self.library));
         }
@@ -533,6 +533,22 @@ impl Bootstrap {
         }
     }
 
+    /// A second handle on each connection, with the rank at its other end,
+    /// for a thread that watches for peers that end (`peer_ended`) while
+    /// this one keeps using the connections.
+    pub fn watch_handles(&self) -> Result<Vec<(usize, TcpStream)>> {
+        let peer = |i: usize| if self.rank == 0 { i + 1 } else { 0 };
+        self.links.iter().enumerate().map(|(i, l)| Ok((peer(i), l.try_clone().map_err(io("clone a connection"))?))).collect()
+    }
+
+    /// Closes every connection (the peers see it end; a thread blocked on
+    /// one of them returns).
+    pub fn shutdown(&self) {
+        for link in &self.links {
+            let _ = link.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
     fn gather_at_root(&mut self, data: &[u8], round: u64, deadline: Instant) -> Result<Vec<Vec<u8>>> {
         let mut parts = vec![data.to_vec()];
         for r in 1..self.world {
@@ -557,6 +573,23 @@ impl Bootstrap {
             Message::Abort { rank, why } => Err(BootstrapError::Aborted { rank: rank as usize, why }),
             other => Err(BootstrapError::Malformed { from: "rank 0".into(), why: format!("expected all_gather round {round}, got {}", kind(&other)) }),
         }
+    }
+}
+
+/// Whether the peer at the other end of `link` has ended: its connection
+/// was closed or reset. Never blocks and consumes nothing (a frame the
+/// peer sent stays for the next `receive`).
+pub fn peer_ended(link: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: a valid socket descriptor (owned by `link`) and a one-byte
+    // buffer; MSG_PEEK leaves the data queued, MSG_DONTWAIT does not block
+    // whatever the socket's mode.
+    let got = unsafe { libc::recv(link.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    match got {
+        0 => true,
+        n if n > 0 => false,
+        _ => !matches!(std::io::Error::last_os_error().kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted),
     }
 }
 

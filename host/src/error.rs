@@ -130,6 +130,22 @@ pub enum Error {
         /// World size asked for.
         world: usize,
     },
+    /// A rank that runs in another process: this process's communicator
+    /// can issue and wait for its own ranks only.
+    #[error("rank {rank} runs in another process; this communicator drives only its own ranks (Communicator::local_ranks)")]
+    RemoteRank {
+        /// The rank.
+        rank: usize,
+    },
+    /// A rank in another process could not set up its part of the
+    /// communicator, disagrees with this one, or ended.
+    #[error("rank {rank} (another process): {why}")]
+    PeerProcess {
+        /// The rank.
+        rank: usize,
+        /// What happened.
+        why: String,
+    },
     /// The watchdog fired: a peer never reached a barrier.
     #[error("rank {rank} timed out waiting for rank {peer} at the {phase} barrier (block {block}); the communicator needs recover()")]
     PeerTimeout {

@@ -19,7 +19,9 @@ fn nccl_err(what: &str, e: result::NcclError) -> Error {
     Error::Nccl(format!("{what}: {:?}", e.0))
 }
 
-/// One NCCL communicator per rank (`ncclCommInitAll`), on given streams.
+/// NCCL communicators of this process's ranks, on given streams: every
+/// rank's (`ncclCommInitAll`), or one rank of several processes
+/// (`ncclCommInitRank`).
 pub struct NcclComms {
     /// Each rank's communicator behind its own lock: one call at a time per
     /// communicator, whichever thread makes it.
@@ -47,7 +49,35 @@ impl NcclComms {
         Ok(Self { comms: comms.into_iter().map(Mutex::new).collect(), streams })
     }
 
-    /// Ranks.
+    /// A new NCCL unique id (rank 0 makes it; the bootstrap carries it to
+    /// the other processes).
+    pub fn unique_id() -> Result<Vec<u8>> {
+        if !available() {
+            return Err(Error::Nccl("libnccl.so cannot be loaded".into()));
+        }
+        let id = result::get_uniqueid().map_err(|e| nccl_err("ncclGetUniqueId", e))?;
+        Ok(id.internal.iter().map(|&c| c as u8).collect())
+    }
+
+    /// `ncclCommInitRank`: this process's rank `rank` of `world`, on
+    /// `stream`, with rank 0's [`NcclComms::unique_id`]. Collective: every
+    /// rank's process must call it (NCCL waits for them without a deadline).
+    pub fn init_rank(stream: Arc<CudaStream>, rank: usize, world: usize, id: &[u8]) -> Result<Self> {
+        let mut unique = sys::ncclUniqueId { internal: [0; 128] };
+        if id.len() != unique.internal.len() {
+            return Err(Error::Nccl(format!("an NCCL unique id of {} bytes (expected {})", id.len(), unique.internal.len())));
+        }
+        for (d, &b) in unique.internal.iter_mut().zip(id) {
+            *d = b as _;
+        }
+        let mut comm = std::ptr::null_mut();
+        stream.context().bind_to_thread()?;
+        // SAFETY: `comm` is a valid out-pointer; rank < world (the caller's communicator checked both).
+        unsafe { result::comm_init_rank(&mut comm, world as i32, unique, rank as i32) }.map_err(|e| nccl_err("ncclCommInitRank", e))?;
+        Ok(Self { comms: vec![Mutex::new(comm)], streams: vec![stream] })
+    }
+
+    /// This process's ranks.
     pub fn world_size(&self) -> usize {
         self.comms.len()
     }
@@ -66,12 +96,14 @@ impl NcclComms {
         &self.streams[rank]
     }
 
-    /// `ncclAllReduce` (sum) of `count` elements on `rank`'s stream.
+    /// `ncclAllReduce` (sum) of `count` elements on the stream of this
+    /// process's `rank`-th rank (its place in [`NcclComms::new`]'s list; 0
+    /// for [`NcclComms::init_rank`]).
     ///
     /// # Safety
-    /// `src` and `dst` are device addresses on `rank`'s GPU with `count`
+    /// `src` and `dst` are device addresses on that rank's GPU with `count`
     /// elements each, valid until the collective completes, and ordered on
-    /// `rank`'s stream.
+    /// its stream.
     pub unsafe fn all_reduce_raw(&self, rank: usize, src: u64, dst: u64, count: usize, dtype: Dtype) -> Result<()> {
         let ty = match dtype {
             Dtype::Bf16 => sys::ncclDataType_t::ncclBfloat16,
@@ -102,7 +134,7 @@ impl Drop for NcclComms {
         for (c, s) in self.comms.iter().zip(&self.streams) {
             let _ = s.synchronize();
             let c = c.lock().unwrap_or_else(|p| p.into_inner());
-            // SAFETY: created by ncclCommInitAll, destroyed once, idle.
+            // SAFETY: created by ncclCommInitAll or ncclCommInitRank, destroyed once, idle.
             let _ = unsafe { result::comm_destroy(*c) };
         }
     }

@@ -1,11 +1,14 @@
-//! [`PeerBuffer`]: checked RAII device memory over the [`driver`] layer.
+//! Checked RAII device memory over the [`driver`] layer: [`PeerBuffer`]
+//! (this process's, mapped by peers) and [`ImportedBuffer`] (another
+//! process's, mapped here through CUDA IPC).
 use crate::driver;
 use crate::error::{Error, Result};
 use cudarc::driver::{sys, CudaContext, CudaStream};
 use std::sync::Arc;
 
 /// Device memory from `cuMemAlloc` that peer GPUs can map once peer access
-/// is enabled: the communicator's staging and flag buffers.
+/// is enabled, and other processes through CUDA IPC: the communicator's
+/// staging and flag buffers.
 #[derive(Debug)]
 pub struct PeerBuffer {
     ctx: Arc<CudaContext>,
@@ -14,10 +17,10 @@ pub struct PeerBuffer {
 }
 
 impl PeerBuffer {
-    /// Allocates `bytes` (at least 256) on `ctx`'s device, zeroed on `stream`
-    /// (which is waited for).
+    /// Allocates `bytes` rounded up to [`IPC_GRANULE`] on `ctx`'s device,
+    /// zeroed on `stream` (which is waited for).
     pub fn zeroed(ctx: &Arc<CudaContext>, bytes: usize, stream: &CudaStream) -> Result<Self> {
-        let bytes = bytes.max(256);
+        let bytes = bytes.max(1).checked_next_multiple_of(IPC_GRANULE).ok_or(Error::Overflow { what: "a buffer size" })?;
         ctx.bind_to_thread()?;
         // SAFETY: the context is bound; freed in Drop on the same context.
         let ptr = unsafe { driver::memory::alloc(bytes)? };
@@ -34,6 +37,13 @@ impl PeerBuffer {
     /// Size in bytes.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// The IPC handle another process opens with [`ImportedBuffer::open`].
+    pub fn export(&self) -> Result<[u8; driver::ipc::HANDLE_BYTES]> {
+        self.ctx.bind_to_thread()?;
+        // SAFETY: the base of our own live allocation, its context bound.
+        Ok(unsafe { driver::ipc::export(self.ptr)? })
     }
 
     /// Sets every byte to 0: queued on `stream` (a stream of this buffer's
@@ -80,6 +90,12 @@ impl PeerBuffer {
     }
 }
 
+/// Allocation sizes are multiples of this: an IPC handle shares the whole
+/// allocation the driver placed a buffer in, so a buffer that filled only
+/// part of a 2 MiB page could expose its neighbours, or map twice
+/// (docs/multi-process.md, exports).
+pub const IPC_GRANULE: usize = 2 << 20;
+
 impl Drop for PeerBuffer {
     fn drop(&mut self) {
         // Errors cannot propagate from Drop: cudarc keeps them on the context
@@ -90,5 +106,52 @@ impl Drop for PeerBuffer {
             unsafe { driver::memory::free(self.ptr) }
         });
         self.ctx.record_err(freed);
+    }
+}
+
+/// Another process's [`PeerBuffer`], mapped into this process through CUDA
+/// IPC; unmapped on drop.
+#[derive(Debug)]
+pub struct ImportedBuffer {
+    ctx: Arc<CudaContext>,
+    ptr: sys::CUdeviceptr,
+}
+
+impl ImportedBuffer {
+    /// Maps the buffer of `handle` into `ctx` and checks that it holds at
+    /// least `bytes` (the handle is another process's word: a mapping
+    /// smaller than the layout both sides computed is refused, not used).
+    ///
+    /// # Safety
+    /// `handle` was made by [`PeerBuffer::export`] in another process, and
+    /// this process opens it once.
+    pub unsafe fn open(ctx: &Arc<CudaContext>, handle: &[u8; driver::ipc::HANDLE_BYTES], bytes: usize) -> Result<Self> {
+        ctx.bind_to_thread()?;
+        // SAFETY: the context is bound; caller contract for the handle;
+        // closed in Drop.
+        let ptr = unsafe { driver::ipc::open(handle)? };
+        let buf = Self { ctx: ctx.clone(), ptr };
+        // SAFETY: the context is bound; `ptr` was just mapped into it.
+        let mapped = unsafe { driver::ipc::allocation_bytes(ptr)? };
+        if mapped < bytes {
+            return Err(Error::BufferTooSmall { what: "peer process's buffer", bytes: mapped, needed: bytes });
+        }
+        Ok(buf)
+    }
+
+    /// Its address in this process.
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+}
+
+impl Drop for ImportedBuffer {
+    fn drop(&mut self) {
+        let closed = self.ctx.bind_to_thread().and_then(|_| {
+            // SAFETY: mapped by `open` on this context, closed once; the
+            // communicator synchronises its streams before dropping mappings.
+            unsafe { driver::ipc::close(self.ptr) }
+        });
+        self.ctx.record_err(closed);
     }
 }

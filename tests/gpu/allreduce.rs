@@ -35,7 +35,7 @@ fn check_case<T: HostElement>(comm: &Communicator, inputs: &[Vec<T>], opts: &Cal
         ctx(comm.all_reduce_with(&d_in, &mut d_out, opts), what)?;
         ctx(comm.synchronize(), what)?;
         let after = download(comm, &d_in)?;
-        if after.iter().zip(inputs).any(|(a, b)| a.iter().zip(b).any(|(x, y)| x.to_bits() != y.to_bits())) {
+        if after.iter().zip(comm.local_ranks()).any(|(a, r)| a.iter().zip(&inputs[r]).any(|(x, y)| x.to_bits() != y.to_bits())) {
             return Err(format!("{what}: out-of-place call modified its input").into());
         }
         download(comm, &d_out)?
@@ -91,7 +91,7 @@ pub fn shared_device_ranks_bit_exact() -> TestResult {
 
 /// `cases` random calls on the communicators of `comms` (keyed by world
 /// size), each checked bit for bit on every rank.
-fn random_cases(comms: &BTreeMap<usize, Communicator>, cases: usize, rng: &mut Rng, name: &str) -> TestResult {
+pub fn random_cases(comms: &BTreeMap<usize, Communicator>, cases: usize, rng: &mut Rng, name: &str) -> TestResult {
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for case in 0..cases {
         let world = *comms.keys().nth(rng.range(0, comms.len() - 1)).unwrap();
@@ -376,11 +376,19 @@ pub fn nccl_baseline_agrees() -> TestResult {
 /// device memory and take fixed pointers, so a replay is a new call to them.
 /// Four ranks on the GPUs there are (sharing GPUs where fewer than four).
 pub fn graph_replay_bit_exact() -> TestResult {
-    use cudarc::driver::{DevicePtr, DevicePtrMut};
-    let world = 4;
     // Small staging: the multi-piece schedule replays too.
-    let (comm, devices) = communicator_on_gpus_there_are(world, Config { max_piece_elems: 1 << 18, ..exact_config() })?;
+    let (comm, devices) = communicator_on_gpus_there_are(4, Config { max_piece_elems: 1 << 18, ..exact_config() })?;
     let mut rng = Rng::new(seed("allreduce::graph_replay_bit_exact"));
+    graph_replay_cases(&comm, &mut rng)?;
+    println!("allreduce::graph_replay_bit_exact: 4 plans x 3 replays bit-identical on {devices:?}");
+    Ok(())
+}
+
+/// [`graph_replay_bit_exact`]'s body, for this process's ranks of `comm`
+/// (every rank, or one rank of a per-process communicator).
+pub fn graph_replay_cases(comm: &Communicator, rng: &mut Rng) -> TestResult {
+    use cudarc::driver::{DevicePtr, DevicePtrMut};
+    let world = comm.world_size();
     let cases = [
         (Algorithm::OneShot, Quantization::None, 3000usize),
         (Algorithm::TwoShot, Quantization::None, 200_001),
@@ -390,34 +398,33 @@ pub fn graph_replay_bit_exact() -> TestResult {
     for (algorithm, quantization, len) in cases {
         let what = format!("graph {algorithm:?} {} len {len}", quantization.label());
         let opts = CallOptions { algorithm: Some(algorithm), quantization: Some(quantization), ..Default::default() };
-        let mut d_in = upload(&comm, &make_inputs::<bf16>(&mut rng, DataKind::Activations, world, len))?;
-        let mut d_out = poisoned::<bf16>(&comm, len)?;
+        let mut d_in = upload(comm, &make_inputs::<bf16>(rng, DataKind::Activations, world, len))?;
+        let mut d_out = poisoned::<bf16>(comm, len)?;
         ctx(comm.synchronize(), &what)?;
-        let ptrs: Vec<(u64, u64)> = (0..world)
-            .map(|r| {
-                let stream = ctx(comm.stream(r), "stream")?;
-                Ok((d_in[r].device_ptr(stream).0, d_out[r].device_ptr_mut(stream).0))
-            })
-            .collect::<Result<_, libtest_mimic::Failed>>()?;
+        // Indexed by rank (zeros for ranks of other processes).
+        let mut ptrs = vec![(0u64, 0u64); world];
+        for (i, r) in comm.local_ranks().into_iter().enumerate() {
+            let stream = ctx(comm.stream(r), "stream")?;
+            ptrs[r] = (d_in[i].device_ptr(stream).0, d_out[i].device_ptr_mut(stream).0);
+        }
         // SAFETY: both buffers live on rank r's GPU with `len` elements and
         // outlive every replay (dropped after the loop below).
-        let graphs = capture_per_rank(&comm, |r, stream| unsafe { comm.all_reduce_raw(r, ptrs[r].0, ptrs[r].1, len, flashcomm::Dtype::Bf16, stream.cu_stream(), &opts) }, &what)?;
+        let graphs = capture_per_rank(comm, |r, stream| unsafe { comm.all_reduce_raw(r, ptrs[r].0, ptrs[r].1, len, flashcomm::Dtype::Bf16, stream.cu_stream(), &opts) }, &what)?;
         for replay in 0..3 {
-            let inputs = make_inputs::<bf16>(&mut rng, DataKind::Activations, world, len);
-            for r in 0..world {
+            let inputs = make_inputs::<bf16>(rng, DataKind::Activations, world, len);
+            for (i, r) in comm.local_ranks().into_iter().enumerate() {
                 let stream = ctx(comm.stream(r), "stream")?;
-                ctx(stream.memcpy_htod(&inputs[r], &mut d_in[r]), "upload")?;
-                ctx(stream.memcpy_htod(&vec![bf16::from_bits(0xFFFF); len], &mut d_out[r]), "poison")?;
+                ctx(stream.memcpy_htod(&inputs[r], &mut d_in[i]), "upload")?;
+                ctx(stream.memcpy_htod(&vec![bf16::from_bits(0xFFFF); len], &mut d_out[i]), "poison")?;
                 ctx(stream.synchronize(), "upload")?;
             }
-            replay_all(&comm, &graphs, &format!("{what}: replay {replay}"))?;
+            replay_all(comm, &graphs, &format!("{what}: replay {replay}"))?;
             let refs: Vec<&[bf16]> = inputs.iter().map(|v| v.as_slice()).collect();
             let expected = ctx(reference_all_reduce(&refs, &quantization), "reference")?;
-            compare_bits(&download(&comm, &d_out)?, &expected, &format!("{what}: replay {replay}"))?;
+            compare_bits(&download(comm, &d_out)?, &expected, &format!("{what}: replay {replay}"))?;
         }
         drop(graphs);
     }
-    println!("allreduce::graph_replay_bit_exact: 4 plans x 3 replays bit-identical on {devices:?}");
     Ok(())
 }
 
@@ -432,9 +439,17 @@ pub fn graph_replay_bit_exact() -> TestResult {
 /// did not reproduce it with the kernels before that fix). Four ranks on
 /// the GPUs there are (sharing where fewer).
 pub fn back_to_back_calls_no_host_sync() -> TestResult {
-    let world = 4;
-    let (comm, devices) = communicator_on_gpus_there_are(world, exact_config())?;
+    let (comm, devices) = communicator_on_gpus_there_are(4, exact_config())?;
     let mut rng = Rng::new(seed("allreduce::back_to_back_calls_no_host_sync"));
+    let calls = back_to_back_calls(&comm, &mut rng)?;
+    println!("allreduce::back_to_back_calls_no_host_sync: {calls} queued calls bit-identical on {devices:?}, eager and in 2 graph replays");
+    Ok(())
+}
+
+/// [`back_to_back_calls_no_host_sync`]'s body, for this process's ranks of
+/// `comm`; returns the number of calls.
+pub fn back_to_back_calls(comm: &Communicator, rng: &mut Rng) -> Result<usize, libtest_mimic::Failed> {
+    let world = comm.world_size();
     let kinds = [
         (Algorithm::OneShot, Quantization::None, 3000usize),
         (Algorithm::OneShot, Quantization::None, 70_001),
@@ -443,10 +458,10 @@ pub fn back_to_back_calls_no_host_sync() -> TestResult {
     let mut inputs = Vec::new();
     let mut expected = Vec::new();
     for &(_, q, len) in &kinds {
-        let data = make_inputs::<bf16>(&mut rng, DataKind::Activations, world, len);
+        let data = make_inputs::<bf16>(rng, DataKind::Activations, world, len);
         let refs: Vec<&[bf16]> = data.iter().map(|v| v.as_slice()).collect();
         expected.push(ctx(reference_all_reduce(&refs, &q), "reference")?);
-        inputs.push(upload(&comm, &data)?);
+        inputs.push(upload(comm, &data)?);
     }
     // FLASHCOMM_BACK_TO_BACK_CALLS: fewer under the sanitizer (300 calls
     // and two graph replays of them take over 7 minutes under memcheck).
@@ -454,7 +469,7 @@ pub fn back_to_back_calls_no_host_sync() -> TestResult {
     let mut outputs = Vec::with_capacity(calls);
     for i in 0..calls {
         let k = i % kinds.len();
-        outputs.push(poisoned::<bf16>(&comm, kinds[k].2)?);
+        outputs.push(poisoned::<bf16>(comm, kinds[k].2)?);
     }
     ctx(comm.synchronize(), "uploads")?;
     for (i, out) in outputs.iter_mut().enumerate() {
@@ -466,7 +481,7 @@ pub fn back_to_back_calls_no_host_sync() -> TestResult {
     let check = |outputs: &[Vec<cudarc::driver::CudaSlice<bf16>>], how: &str| -> TestResult {
         for (i, out) in outputs.iter().enumerate() {
             let (algorithm, quantization, len) = kinds[i % kinds.len()];
-            compare_bits(&download(&comm, out)?, &expected[i % kinds.len()], &format!("{how} call {i}: {algorithm:?} {} len {len}", quantization.label()))?;
+            compare_bits(&download(comm, out)?, &expected[i % kinds.len()], &format!("{how} call {i}: {algorithm:?} {} len {len}", quantization.label()))?;
         }
         Ok(())
     };
@@ -474,15 +489,16 @@ pub fn back_to_back_calls_no_host_sync() -> TestResult {
 
     // The same sequence captured, one graph per rank, and replayed twice.
     use cudarc::driver::{DevicePtr, DevicePtrMut};
-    let mut srcs = Vec::with_capacity(world);
-    let mut dsts = Vec::with_capacity(world);
-    for r in 0..world {
+    // Indexed by rank (empty for ranks of other processes).
+    let mut srcs = vec![Vec::new(); world];
+    let mut dsts = vec![Vec::new(); world];
+    for (l, r) in comm.local_ranks().into_iter().enumerate() {
         let stream = ctx(comm.stream(r), "stream")?;
-        srcs.push(inputs.iter().map(|set| set[r].device_ptr(stream).0).collect::<Vec<u64>>());
-        dsts.push(outputs.iter_mut().map(|out| out[r].device_ptr_mut(stream).0).collect::<Vec<u64>>());
+        srcs[r] = inputs.iter().map(|set| set[l].device_ptr(stream).0).collect::<Vec<u64>>();
+        dsts[r] = outputs.iter_mut().map(|out| out[l].device_ptr_mut(stream).0).collect::<Vec<u64>>();
     }
     let graphs = capture_per_rank(
-        &comm,
+        comm,
         |r, stream| {
             dsts[r].iter().enumerate().try_for_each(|(i, &dst)| {
                 let (algorithm, quantization, len) = kinds[i % kinds.len()];
@@ -496,14 +512,13 @@ pub fn back_to_back_calls_no_host_sync() -> TestResult {
     )?;
     for replay in 0..2 {
         for (i, out) in outputs.iter_mut().enumerate() {
-            for (r, buf) in out.iter_mut().enumerate() {
+            for (buf, r) in out.iter_mut().zip(comm.local_ranks()) {
                 ctx(ctx(comm.stream(r), "stream")?.memcpy_htod(&vec![bf16::from_bits(0xFFFF); kinds[i % kinds.len()].2], buf), "poison")?;
             }
         }
         ctx(comm.synchronize(), "poison")?;
-        replay_all(&comm, &graphs, &format!("replay {replay}"))?;
+        replay_all(comm, &graphs, &format!("replay {replay}"))?;
         check(&outputs, &format!("graph replay {replay}"))?;
     }
-    println!("allreduce::back_to_back_calls_no_host_sync: {calls} queued calls bit-identical on {devices:?}, eager and in 2 graph replays");
-    Ok(())
+    Ok(calls)
 }

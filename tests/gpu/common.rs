@@ -89,25 +89,23 @@ pub fn make_inputs<T: HostElement>(rng: &mut Rng, kind: DataKind, world: usize, 
 }
 
 /// Copies per-rank host data to the communicator's GPUs.
+/// Uploads `data[r]` (one entry per rank of the world) for each of this
+/// process's ranks (`Communicator::local_ranks`: every rank, or the one of a
+/// per-process communicator); buffers in local-rank order, as the all-rank
+/// entry points take them.
 pub fn upload<T: HostElement>(comm: &Communicator, data: &[Vec<T>]) -> Result<Vec<CudaSlice<T>>, Failed> {
-    data.iter()
-        .enumerate()
-        .map(|(r, v)| ctx(ctx(comm.stream(r), "stream")?.clone_htod(v), "upload"))
-        .collect()
+    comm.local_ranks().into_iter().map(|r| ctx(ctx(comm.stream(r), "stream")?.clone_htod(&data[r]), "upload")).collect()
 }
 
 /// Per-rank output buffers filled with a NaN poison pattern.
 pub fn poisoned<T: HostElement>(comm: &Communicator, len: usize) -> Result<Vec<CudaSlice<T>>, Failed> {
     let poison = vec![T::from_bits(0xFFFF); len];
-    (0..comm.world_size()).map(|r| ctx(ctx(comm.stream(r), "stream")?.clone_htod(&poison), "poison")).collect()
+    comm.local_ranks().into_iter().map(|r| ctx(ctx(comm.stream(r), "stream")?.clone_htod(&poison), "poison")).collect()
 }
 
 /// Copies every rank's buffer back.
 pub fn download<T: HostElement>(comm: &Communicator, bufs: &[CudaSlice<T>]) -> Result<Vec<Vec<T>>, Failed> {
-    bufs.iter()
-        .enumerate()
-        .map(|(r, b)| ctx(ctx(comm.stream(r), "stream")?.clone_dtoh(b), "download"))
-        .collect()
+    bufs.iter().zip(comm.local_ranks()).map(|(b, r)| ctx(ctx(comm.stream(r), "stream")?.clone_dtoh(b), "download")).collect()
 }
 
 /// Bitwise comparison of every rank's output with the expected bits.
@@ -155,7 +153,7 @@ pub fn capture_per_rank(
 ) -> Result<Vec<(Arc<CudaStream>, CudaGraph)>, Failed> {
     use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
     let mut graphs = Vec::with_capacity(comm.world_size());
-    for r in 0..comm.world_size() {
+    for r in comm.local_ranks() {
         let stream = ctx(ctx(comm.context(r), "ctx")?.new_stream(), "new_stream")?;
         ctx(stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL), "begin capture")?;
         let issued = issue(r, &stream);

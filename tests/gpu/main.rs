@@ -11,6 +11,7 @@ mod allreduce;
 mod codec;
 mod common;
 mod failure;
+mod process;
 mod reliability;
 mod streams;
 
@@ -19,6 +20,10 @@ use libtest_mimic::{Arguments, Failed, Trial};
 type TestFn = fn() -> Result<(), Failed>;
 
 fn main() {
+    // A rank process of the `process::` tests (this binary started again).
+    if let Ok(spec) = std::env::var(process::RANK_ENV) {
+        std::process::exit(process::child(&spec));
+    }
     let args = Arguments::from_args();
     let gpus = flashcomm::gpu_count();
     let required: usize = std::env::var("REQUIRE_GPU").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
@@ -51,6 +56,10 @@ fn main() {
         ("reliability::busy_gpu_correct_or_error", 1, reliability::busy_gpu_correct_or_error),
         ("reliability::mismatch_without_watchdog_ends", 1, reliability::mismatch_without_watchdog_ends),
         ("reliability::recover_keeps_unreported_errors", 1, reliability::recover_keeps_unreported_errors),
+        ("process::random_cases_bit_exact", 2, process::random_cases_bit_exact),
+        ("process::shared_gpu_processes_bit_exact", 1, process::shared_gpu_processes_bit_exact),
+        ("process::killed_rank_is_an_error", 1, process::killed_rank_is_an_error),
+        ("process::never_calling_rank_times_out", 1, process::never_calling_rank_times_out),
         // Last: on code without the fix it reads freed memory, which can
         // leave the CUDA context unusable for any test after it.
         ("reliability::graph_outlives_communicator", 1, reliability::graph_outlives_communicator),

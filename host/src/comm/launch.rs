@@ -85,8 +85,8 @@ pub(super) fn oneshot_elems(config: &Config) -> usize {
 /// One rank's part of one call, as the launches see it.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Call {
-    /// The rank.
-    pub rank: usize,
+    /// The rank's place among this process's ranks (`Communicator::ranks`).
+    pub local: usize,
     /// Its input's device address.
     pub input: u64,
     /// Its output's device address (may equal the input).
@@ -174,7 +174,7 @@ impl Communicator {
     /// diagnostic kernel skipping `skip`'s phases when `skip` is given. The
     /// caller holds the rank's launch lock (`launch_lock`).
     pub(super) fn launch(&self, call: Call, opts: &CallOptions, skip: Option<PhaseSkip>) -> Result<()> {
-        let r = &self.ranks[call.rank];
+        let r = &self.ranks[call.local];
         r.ctx.bind_to_thread()?;
         // A captured kernel refers to this memory (and NCCL communicator) on
         // every replay: the graph keeps it alive (module docs).
@@ -196,7 +196,7 @@ impl Communicator {
         // calls made, so every rank's collectives stop.
         if let Err(e) = &launched {
             self.abort_kernels()?;
-            super::lock(&self.poisoned).get_or_insert_with(|| format!("rank {}: a launch failed: {e}", call.rank));
+            super::lock(&self.poisoned).get_or_insert_with(|| format!("rank {}: a launch failed: {e}", self.ranks[call.local].index));
         }
         launched
     }
@@ -205,7 +205,7 @@ impl Communicator {
     /// (pipelined, see the kernel docs); pieces are balanced so the last one
     /// is not much shorter (every piece uses a full piece's geometry).
     fn launch_twostep(&self, call: &Call, (rs, ag, unit): (Wire, Wire, usize), transport: u32, skip: Option<PhaseSkip>) -> Result<()> {
-        let r = &self.ranks[call.rank];
+        let r = &self.ranks[call.local];
         let kernel = match skip {
             Some(_) => KernelId::TwoStepDiagnostic { dtype: call.dtype, rs, ag },
             None => KernelId::TwoStep { dtype: call.dtype, rs, ag },
@@ -225,7 +225,7 @@ impl Communicator {
         };
         let tiles = ShardGeometry::new(piece_len.min(call.len), self.world_size(), unit).tiles.max(1) as u32;
         let blocks = tiles.min(self.resident(kernel)?);
-        let func = self.memory.ranks[call.rank].kernels.get(kernel)?.handle();
+        let func = self.memory.ranks[call.local].kernels.get(kernel)?.handle();
         // SAFETY: the context is bound; the kernel takes one TwoStepArgs
         // (plus the phases to skip, for a diagnostic kernel); staging and
         // sync buffers are owned by `self.memory` (kept alive by graphs that
@@ -246,9 +246,9 @@ impl Communicator {
     /// on one rank against a non-empty one on another is a mismatch, not a
     /// silent timeout.
     fn launch_oneshot(&self, call: &Call) -> Result<()> {
-        let r = &self.ranks[call.rank];
+        let r = &self.ranks[call.local];
         let kernel = KernelId::OneShot(call.dtype);
-        let func = self.memory.ranks[call.rank].kernels.get(kernel)?.handle();
+        let func = self.memory.ranks[call.local].kernels.get(kernel)?.handle();
         let piece = self.piece_elems(Plan::OneShot);
         let mut start = 0;
         for launch in 0.. {
@@ -284,7 +284,7 @@ impl Communicator {
         if let Some(nccl) = &self.memory.nccl {
             // SAFETY: callers checked that input/output hold `len` elements
             // on this rank's GPU and ordered them on its stream.
-            return unsafe { nccl.all_reduce_raw(call.rank, call.input, call.output, call.len, call.dtype) };
+            return unsafe { nccl.all_reduce_raw(call.local, call.input, call.output, call.len, call.dtype) };
         }
         let _ = call;
         Err(Error::Nccl("NCCL is not available to this communicator".into()))
@@ -302,13 +302,13 @@ impl Communicator {
         skip: PhaseSkip,
     ) -> Result<()> {
         self.check_usable()?;
-        let world = self.world_size();
-        if inputs.len() != world || outputs.len() != world {
-            return Err(Error::BufferCount { world, got: inputs.len().min(outputs.len()) });
+        let locals = self.ranks.len();
+        if inputs.len() != locals || outputs.len() != locals {
+            return Err(Error::BufferCount { world: locals, got: inputs.len().min(outputs.len()) });
         }
         let len = inputs[0].len();
-        if let Some(r) = (0..world).find(|&r| inputs[r].len() != len || outputs[r].len() != len) {
-            return Err(Error::LengthMismatch { rank: r, len: inputs[r].len(), expected: len });
+        if let Some(r) = (0..locals).find(|&r| inputs[r].len() != len || outputs[r].len() != len) {
+            return Err(Error::LengthMismatch { rank: self.ranks[r].index, len: inputs[r].len(), expected: len });
         }
         let plan = self.plan(len, T::DTYPE, opts)?;
         if plan.twostep().is_none() {
@@ -318,7 +318,7 @@ impl Communicator {
             let stream = &self.ranks[r].stream;
             let (src, _read) = inputs[r].device_ptr(stream);
             let (dst, _write) = outputs[r].device_ptr_mut(stream);
-            self.launch(Call { rank: r, input: src, output: dst, len, dtype: T::DTYPE, plan }, opts, Some(skip))
+            self.launch(Call { local: r, input: src, output: dst, len, dtype: T::DTYPE, plan }, opts, Some(skip))
         })
     }
 }
@@ -355,7 +355,7 @@ mod tests {
     use super::*;
 
     fn call(len: usize, plan: Plan) -> Call {
-        Call { rank: 0, input: 0, output: 0, len, dtype: Dtype::Bf16, plan }
+        Call { local: 0, input: 0, output: 0, len, dtype: Dtype::Bf16, plan }
     }
 
     /// A call's launches carry its whole shape: the one-shot's launches of

@@ -67,6 +67,7 @@
 //! kernel launches of one rank's call (plan, arguments, pieces, grid);
 //! `tuning.rs`: the measured `Auto` thresholds.
 mod launch;
+mod process;
 mod setup;
 mod tuning;
 
@@ -98,6 +99,9 @@ pub struct CallOptions {
 }
 
 struct Rank {
+    /// Its rank in the communicator (its index among this process's ranks
+    /// is its place in `Communicator::ranks`).
+    index: usize,
     device: usize,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -114,7 +118,10 @@ struct Rank {
 /// kernel refers to. Held by the communicator and by every CUDA graph that
 /// captured a call, so it outlives both (`driver::graph::retain_in_graph`).
 struct DeviceState {
+    /// This process's ranks' buffers and kernels.
     ranks: Vec<RankMemory>,
+    /// Other processes' buffers mapped here (ranks in other processes).
+    imported: Vec<crate::peer_buffer::ImportedBuffer>,
     #[cfg(feature = "nccl")]
     nccl: Option<crate::nccl::NcclComms>,
 }
@@ -162,7 +169,13 @@ struct PeerPointers {
 /// # }
 /// ```
 pub struct Communicator {
+    /// This process's ranks: every rank of a [`Communicator::new`], one of
+    /// a [`Communicator::init_rank`].
     ranks: Vec<Rank>,
+    /// Ranks of the whole communicator, in every process.
+    world: usize,
+    /// The other processes, for a communicator of [`Communicator::init_rank`].
+    group: Option<process::ProcessGroup>,
     memory: Arc<DeviceState>,
     peers: PeerPointers,
     config: Config,
@@ -173,7 +186,9 @@ pub struct Communicator {
     /// The grid of every one-shot launch, bf16 and f16 alike.
     oneshot_grid: u32,
     gpu_name: String,
-    poisoned: Mutex<Option<String>>,
+    /// Why calls are refused until `recover()`; shared with the thread that
+    /// watches the other processes.
+    poisoned: Arc<Mutex<Option<String>>>,
     /// Per rank: the error word `recover()` found that the rank's host has
     /// not been told yet (0: none), and the last one it was told. A rank
     /// with a pending error refuses calls until `synchronize_rank` reports it.
@@ -199,6 +214,8 @@ struct RankErrors {
 impl std::fmt::Debug for Communicator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Communicator")
+            .field("world", &self.world)
+            .field("local_ranks", &self.local_ranks())
             .field("devices", &self.devices())
             .field("gpu", &self.gpu_name)
             .field("config", &self.config)
@@ -213,12 +230,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Communicator {
-    /// Number of ranks.
+    /// Number of ranks, in every process.
     pub fn world_size(&self) -> usize {
-        self.ranks.len()
+        self.world
     }
 
-    /// Device ordinals in rank order.
+    /// The ranks this process drives, in order: every rank of a
+    /// [`Communicator::new`], the one of a [`Communicator::init_rank`]. The
+    /// all-rank entry points take one buffer for each of these.
+    pub fn local_ranks(&self) -> Vec<usize> {
+        self.ranks.iter().map(|r| r.index).collect()
+    }
+
+    /// Device ordinals of this process's ranks, in rank order.
     pub fn devices(&self) -> Vec<usize> {
         self.ranks.iter().map(|r| r.device).collect()
     }
@@ -251,8 +275,7 @@ impl Communicator {
     /// Which code of the kernel image rank `rank`'s GPU runs (SASS loads in
     /// milliseconds; PTX is JIT-compiled by the driver at creation).
     pub fn kernel_code(&self, rank: usize) -> Result<crate::KernelCode> {
-        self.rank(rank)?;
-        Ok(self.memory.ranks[rank].kernels.code())
+        Ok(self.memory.ranks[self.local(rank)?].kernels.code())
     }
 
     /// Whether NCCL communicators exist for the fallback.
@@ -268,7 +291,15 @@ impl Communicator {
     }
 
     fn rank(&self, rank: usize) -> Result<&Rank> {
-        self.ranks.get(rank).ok_or(Error::NoSuchRank { rank, world: self.ranks.len() })
+        Ok(&self.ranks[self.local(rank)?])
+    }
+
+    /// Where rank `rank` is among this process's ranks.
+    fn local(&self, rank: usize) -> Result<usize> {
+        if rank >= self.world {
+            return Err(Error::NoSuchRank { rank, world: self.world });
+        }
+        self.ranks.iter().position(|r| r.index == rank).ok_or(Error::RemoteRank { rank })
     }
 
     fn check_usable(&self) -> Result<()> {
@@ -314,29 +345,30 @@ impl Communicator {
         opts: &CallOptions,
     ) -> Result<()> {
         self.check_usable()?;
-        let world = self.world_size();
+        let locals = self.ranks.len();
         for got in [inputs.len(), outputs.len()] {
-            if got != world {
-                return Err(Error::BufferCount { world, got });
+            if got != locals {
+                return Err(Error::BufferCount { world: locals, got });
             }
         }
         let len = inputs[0].len();
-        for r in 0..world {
+        for r in 0..locals {
+            let rank = self.ranks[r].index;
             self.check_buffer(r, inputs[r].stream(), inputs[r].len(), len)?;
             if outputs[r].len() != inputs[r].len() {
-                return Err(Error::OutputLength { rank: r, input: inputs[r].len(), output: outputs[r].len() });
+                return Err(Error::OutputLength { rank, input: inputs[r].len(), output: outputs[r].len() });
             }
             self.check_buffer(r, outputs[r].stream(), outputs[r].len(), len)?;
             let (input, output) = (buffer_address(&inputs[r]), buffer_address_mut(&mut outputs[r]));
-            check_addresses(r, input, output, len, T::DTYPE)?;
+            check_addresses(rank, input, output, len, T::DTYPE)?;
         }
         let plan = self.plan(len, T::DTYPE, opts)?;
-        let foreign = (0..world).map(|r| self.foreign_streams(r, &[inputs[r].stream(), outputs[r].stream()])).collect::<Result<Vec<_>>>()?;
+        let foreign = (0..locals).map(|r| self.foreign_streams(r, &[inputs[r].stream(), outputs[r].stream()])).collect::<Result<Vec<_>>>()?;
         self.issue_ordered(plan, &foreign, |r| {
             let stream = &self.ranks[r].stream;
             let (src, _read) = inputs[r].device_ptr(stream);
             let (dst, _write) = outputs[r].device_ptr_mut(stream);
-            self.launch(Call { rank: r, input: src, output: dst, len, dtype: T::DTYPE, plan }, opts, None)
+            self.launch(Call { local: r, input: src, output: dst, len, dtype: T::DTYPE, plan }, opts, None)
         })
     }
 
@@ -367,21 +399,21 @@ impl Communicator {
     /// ```
     pub fn all_reduce_in_place_with<T: HostElement>(&self, buffers: &mut [impl DevicePtrMut<T>], opts: &CallOptions) -> Result<()> {
         self.check_usable()?;
-        let world = self.world_size();
-        if buffers.len() != world {
-            return Err(Error::BufferCount { world, got: buffers.len() });
+        let locals = self.ranks.len();
+        if buffers.len() != locals {
+            return Err(Error::BufferCount { world: locals, got: buffers.len() });
         }
         let len = buffers[0].len();
         for (r, b) in buffers.iter_mut().enumerate() {
             self.check_buffer(r, b.stream(), b.len(), len)?;
             let ptr = buffer_address_mut(b);
-            check_addresses(r, ptr, ptr, len, T::DTYPE)?;
+            check_addresses(self.ranks[r].index, ptr, ptr, len, T::DTYPE)?;
         }
         let plan = self.plan(len, T::DTYPE, opts)?;
-        let foreign = (0..world).map(|r| self.foreign_streams(r, &[buffers[r].stream()])).collect::<Result<Vec<_>>>()?;
+        let foreign = (0..locals).map(|r| self.foreign_streams(r, &[buffers[r].stream()])).collect::<Result<Vec<_>>>()?;
         self.issue_ordered(plan, &foreign, |r| {
             let (ptr, _write) = buffers[r].device_ptr_mut(&self.ranks[r].stream);
-            self.launch(Call { rank: r, input: ptr, output: ptr, len, dtype: T::DTYPE, plan }, opts, None)
+            self.launch(Call { local: r, input: ptr, output: ptr, len, dtype: T::DTYPE, plan }, opts, None)
         })
     }
 
@@ -423,43 +455,45 @@ impl Communicator {
         opts: &CallOptions,
     ) -> Result<()> {
         self.check_usable()?;
-        let r = self.rank(rank)?;
-        self.check_buffer(rank, input.stream(), input.len(), input.len())?;
+        let local = self.local(rank)?;
+        let r = &self.ranks[local];
+        self.check_buffer(local, input.stream(), input.len(), input.len())?;
         if output.len() != input.len() {
             return Err(Error::OutputLength { rank, input: input.len(), output: output.len() });
         }
-        self.check_buffer(rank, output.stream(), output.len(), input.len())?;
+        self.check_buffer(local, output.stream(), output.len(), input.len())?;
         check_addresses(rank, buffer_address(input), buffer_address_mut(output), input.len(), T::DTYPE)?;
         let plan = self.plan(input.len(), T::DTYPE, opts)?;
-        let _one_call_order = self.launch_lock(rank)?;
-        let foreign = self.foreign_streams(rank, &[input.stream(), output.stream()])?;
-        self.join_before(rank, &foreign)?;
+        let _one_call_order = self.launch_lock(local)?;
+        let foreign = self.foreign_streams(local, &[input.stream(), output.stream()])?;
+        self.join_before(local, &foreign)?;
         let launched = {
             let (src, _read) = input.device_ptr(&r.stream);
             let (dst, _write) = output.device_ptr_mut(&r.stream);
-            self.launch(Call { rank, input: src, output: dst, len: input.len(), dtype: T::DTYPE, plan }, opts, None)
+            self.launch(Call { local, input: src, output: dst, len: input.len(), dtype: T::DTYPE, plan }, opts, None)
         };
-        let joined = self.join_after(rank, &foreign);
+        let joined = self.join_after(local, &foreign);
         launched.and(joined)
     }
 
     /// In-place variant of [`Communicator::all_reduce_rank`].
     pub fn all_reduce_rank_in_place<T: HostElement>(&self, rank: usize, buffer: &mut impl DevicePtrMut<T>, opts: &CallOptions) -> Result<()> {
         self.check_usable()?;
-        let r = self.rank(rank)?;
+        let local = self.local(rank)?;
+        let r = &self.ranks[local];
         let len = buffer.len();
-        self.check_buffer(rank, buffer.stream(), len, len)?;
+        self.check_buffer(local, buffer.stream(), len, len)?;
         let ptr = buffer_address_mut(buffer);
         check_addresses(rank, ptr, ptr, len, T::DTYPE)?;
         let plan = self.plan(len, T::DTYPE, opts)?;
-        let _one_call_order = self.launch_lock(rank)?;
-        let foreign = self.foreign_streams(rank, &[buffer.stream()])?;
-        self.join_before(rank, &foreign)?;
+        let _one_call_order = self.launch_lock(local)?;
+        let foreign = self.foreign_streams(local, &[buffer.stream()])?;
+        self.join_before(local, &foreign)?;
         let launched = {
             let (ptr, _write) = buffer.device_ptr_mut(&r.stream);
-            self.launch(Call { rank, input: ptr, output: ptr, len, dtype: T::DTYPE, plan }, opts, None)
+            self.launch(Call { local, input: ptr, output: ptr, len, dtype: T::DTYPE, plan }, opts, None)
         };
-        let joined = self.join_after(rank, &foreign);
+        let joined = self.join_after(local, &foreign);
         launched.and(joined)
     }
 
@@ -511,17 +545,18 @@ impl Communicator {
         opts: &CallOptions,
     ) -> Result<()> {
         self.check_usable()?;
-        let r = self.rank(rank)?;
+        let local = self.local(rank)?;
+        let r = &self.ranks[local];
         check_addresses(rank, input, output, len, dtype)?;
         let plan = self.plan(len, dtype, opts)?;
-        let _one_call_order = self.launch_lock(rank)?;
+        let _one_call_order = self.launch_lock(local)?;
         r.ctx.bind_to_thread()?;
         // SAFETY: caller contract 2 (a live stream of this context).
         let user = unsafe { r.ctx.wrap_borrowed_stream(stream) };
-        let foreign = self.foreign_streams(rank, &[&user])?;
-        self.join_before(rank, &foreign)?;
-        let launched = self.launch(Call { rank, input, output, len, dtype, plan }, opts, None);
-        let joined = self.join_after(rank, &foreign);
+        let foreign = self.foreign_streams(local, &[&user])?;
+        self.join_before(local, &foreign)?;
+        let launched = self.launch(Call { local, input, output, len, dtype, plan }, opts, None);
+        let joined = self.join_after(local, &foreign);
         launched.and(joined)
     }
 
@@ -536,8 +571,8 @@ impl Communicator {
     /// captures the communicator's stream itself) cannot be joined into the
     /// capture: it is left out, and the graph's launch must follow that
     /// stream's writes (module docs, CUDA graphs).
-    fn foreign_streams(&self, rank: usize, streams: &[&Arc<CudaStream>]) -> Result<Vec<Arc<CudaStream>>> {
-        let own = &self.ranks[rank].stream;
+    fn foreign_streams(&self, local: usize, streams: &[&Arc<CudaStream>]) -> Result<Vec<Arc<CudaStream>>> {
+        let own = &self.ranks[local].stream;
         let mut foreign: Vec<Arc<CudaStream>> = Vec::with_capacity(streams.len());
         for &s in streams {
             if s.cu_stream() != own.cu_stream() && !foreign.iter().any(|f| f.cu_stream() == s.cu_stream()) {
@@ -563,8 +598,8 @@ impl Communicator {
     }
 
     /// Rank `rank`'s stream waits for the work queued so far on `foreign`.
-    fn join_before(&self, rank: usize, foreign: &[Arc<CudaStream>]) -> Result<()> {
-        foreign.iter().try_for_each(|s| Ok(self.ranks[rank].stream.join(s)?))
+    fn join_before(&self, local: usize, foreign: &[Arc<CudaStream>]) -> Result<()> {
+        foreign.iter().try_for_each(|s| Ok(self.ranks[local].stream.join(s)?))
     }
 
     /// Every stream of `foreign` waits for rank `rank`'s call. Runs whether
@@ -572,8 +607,8 @@ impl Communicator {
     /// stream cannot be made to wait, its buffers could be read or freed
     /// while the call runs: the rank's collectives are aborted and waited
     /// for before the error returns, and the communicator is poisoned.
-    fn join_after(&self, rank: usize, foreign: &[Arc<CudaStream>]) -> Result<()> {
-        let own = &self.ranks[rank].stream;
+    fn join_after(&self, local: usize, foreign: &[Arc<CudaStream>]) -> Result<()> {
+        let (own, rank) = (&self.ranks[local].stream, self.ranks[local].index);
         let joined = foreign.iter().try_for_each(|s| s.join(own));
         if let Err(e) = joined {
             let _ = self.abort_kernels();
@@ -593,7 +628,7 @@ impl Communicator {
     /// shared by two ranks of one GPU wait for the first rank's kernel,
     /// which waits for the second rank's, never queued.
     fn issue_ordered(&self, plan: Plan, foreign: &[Vec<Arc<CudaStream>>], launch: impl FnMut(usize) -> Result<()>) -> Result<()> {
-        (0..self.world_size()).try_for_each(|r| self.join_before(r, &foreign[r]))?;
+        (0..self.ranks.len()).try_for_each(|r| self.join_before(r, &foreign[r]))?;
         let issued = self.issue_every_rank(plan, launch);
         let mut joined = Ok(());
         for (r, streams) in foreign.iter().enumerate() {
@@ -613,8 +648,8 @@ impl Communicator {
     /// ranks no longer agree on the calls made.
     fn issue_every_rank(&self, plan: Plan, mut launch: impl FnMut(usize) -> Result<()>) -> Result<()> {
         let _one_call_at_a_time = lock(&self.issue_all);
-        let _every_rank = (0..self.world_size()).map(|r| self.launch_lock(r)).collect::<Result<Vec<_>>>()?;
-        let mut all = || (0..self.world_size()).try_for_each(&mut launch);
+        let _every_rank = (0..self.ranks.len()).map(|r| self.launch_lock(r)).collect::<Result<Vec<_>>>()?;
+        let mut all = || (0..self.ranks.len()).try_for_each(&mut launch);
         #[cfg(feature = "nccl")]
         let issued = if plan == Plan::Nccl { crate::nccl::NcclComms::group(all) } else { all() };
         #[cfg(not(feature = "nccl"))]
@@ -629,8 +664,9 @@ impl Communicator {
         issued
     }
 
-    fn check_buffer(&self, rank: usize, stream: &CudaStream, len: usize, expected_len: usize) -> Result<()> {
-        let expected = self.ranks[rank].device;
+    /// Checks a buffer of this process's rank `local` (its place in `ranks`).
+    fn check_buffer(&self, local: usize, stream: &CudaStream, len: usize, expected_len: usize) -> Result<()> {
+        let (rank, expected) = (self.ranks[local].index, self.ranks[local].device);
         let found = stream.context().ordinal();
         if found != expected {
             return Err(Error::WrongDevice { rank, found, expected });
@@ -646,7 +682,7 @@ impl Communicator {
     /// [`Communicator::recover`]).
     pub fn synchronize(&self) -> Result<()> {
         let mut first = None;
-        for rank in 0..self.world_size() {
+        for rank in self.local_ranks() {
             if let Err(e) = self.synchronize_rank(rank) {
                 first.get_or_insert(e);
             }
@@ -658,16 +694,17 @@ impl Communicator {
     /// stream of that rank) and reports its error: one its kernels recorded,
     /// a peer's failure that reached it, or one `recover()` found for it.
     pub fn synchronize_rank(&self, rank: usize) -> Result<()> {
-        let r = self.rank(rank)?;
+        let local = self.local(rank)?;
+        let r = &self.ranks[local];
         loop {
             let generation = self.recoveries.load(Ordering::SeqCst);
-            let pending = std::mem::take(&mut lock(&self.errors)[rank].pending);
+            let pending = std::mem::take(&mut lock(&self.errors)[local].pending);
             let words = if pending != 0 {
                 [pending; 1 + MAX_WORLD]
             } else {
                 r.stream.synchronize()?;
                 let mut words = [0u32; 1 + MAX_WORLD];
-                self.memory.ranks[rank].sync.read_words(&r.stream, sync_area::ERROR, &mut words)?;
+                self.memory.ranks[local].sync.read_words(&r.stream, sync_area::ERROR, &mut words)?;
                 words
             };
             let mut errors = lock(&self.errors);
@@ -676,8 +713,8 @@ impl Communicator {
             if pending == 0 && self.recoveries.load(Ordering::SeqCst) != generation {
                 continue;
             }
-            let Some(error) = device_error(rank, &words[..1 + self.world_size()]) else { return Ok(()) };
-            errors[rank].reported = words[0];
+            let Some(error) = device_error(rank, &words[..1 + self.world]) else { return Ok(()) };
+            errors[local].reported = words[0];
             drop(errors);
             // An error from before recover() needs no new recover().
             if pending == 0 {
@@ -717,6 +754,9 @@ impl Communicator {
                 r.ctx.synchronize()?;
             }
         }
+        // Ranks in other processes: every one has stopped its kernels
+        // before any zeroes flags that those kernels could still write.
+        self.all_processes_stopped()?;
         for (rank, (r, memory)) in self.ranks.iter().zip(&self.memory.ranks).enumerate() {
             let mut word = [0u32];
             memory.sync.read_words(&r.stream, sync_area::ERROR, &mut word)?;
@@ -729,6 +769,7 @@ impl Communicator {
         for (r, memory) in self.ranks.iter().zip(&self.memory.ranks) {
             memory.sync.zero(&r.stream)?;
         }
+        self.all_processes_zeroed()?;
         let _errors = lock(&self.errors);
         self.recoveries.fetch_add(1, Ordering::SeqCst);
         *lock(&self.poisoned) = None;
@@ -752,14 +793,15 @@ impl Communicator {
     /// order for one rank, refused (module docs), unless `recover()` holds
     /// it: then wait. A rank with an error its host was not told refuses
     /// calls.
-    fn launch_lock(&self, rank: usize) -> Result<MutexGuard<'_, ()>> {
-        let guard = match self.ranks[rank].launch.try_lock() {
+    fn launch_lock(&self, local: usize) -> Result<MutexGuard<'_, ()>> {
+        let rank = self.ranks[local].index;
+        let guard = match self.ranks[local].launch.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) if self.recovering.load(Ordering::SeqCst) => lock(&self.ranks[rank].launch),
+            Err(TryLockError::WouldBlock) if self.recovering.load(Ordering::SeqCst) => lock(&self.ranks[local].launch),
             Err(TryLockError::WouldBlock) => return Err(Error::ConcurrentCall { rank }),
         };
-        if lock(&self.errors)[rank].pending != 0 {
+        if lock(&self.errors)[local].pending != 0 {
             return Err(Error::Poisoned(format!("rank {rank} has an error from before recover() that synchronize_rank({rank}) has not reported yet")));
         }
         Ok(guard)
@@ -827,6 +869,9 @@ impl Drop for Communicator {
             let synced = r.stream.synchronize();
             r.ctx.record_err(synced);
         }
+        // Ranks in other processes map this one's buffers: free them only
+        // once every process has stopped its kernels (docs/design.md R21).
+        self.close_group();
         crate::driver::graph::drop_released();
     }
 }

@@ -20,13 +20,13 @@ use std::sync::{Arc, Mutex};
 
 /// Bytes between consecutive shard blobs in a staging buffer, and between
 /// consecutive rank regions in a one-shot slot.
-struct Strides {
-    shard: usize,
-    oneshot: usize,
+pub(super) struct Strides {
+    pub(super) shard: usize,
+    pub(super) oneshot: usize,
 }
 
 impl Strides {
-    fn new(config: &Config, world: usize) -> Self {
+    pub(super) fn new(config: &Config, world: usize) -> Self {
         // The plain (2 bytes/element) shard blob of the largest piece bounds
         // every quantized blob (at most 1.25 bytes/element).
         let max_units = config.max_piece_elems.div_ceil(PLAIN_SHARD_UNIT).div_ceil(world);
@@ -106,7 +106,7 @@ impl Communicator {
         let strides = Strides::new(&config, devices.len());
         let ranks = open_ranks(&devices, streams, &config)?;
         #[allow(unused_mut)]
-        let mut memory = allocate_memory(&ranks, kernels, &strides)?;
+        let mut memory = allocate_memory(&ranks, kernels, &strides, devices.len())?;
         let (peers, ranks) = link_peers(ranks, &memory, &strides);
         let resident_blocks = resident_blocks(&ranks, &memory, &devices)?;
         let oneshot_grid = Dtype::ALL.iter().fold(ONESHOT_GRID, |g, &d| g.min(resident_blocks[&KernelId::OneShot(d)]));
@@ -119,6 +119,8 @@ impl Communicator {
         let _ = shared;
         let comm = Self {
             errors: Mutex::new(vec![RankErrors::default(); ranks.len()]),
+            world: ranks.len(),
+            group: None,
             ranks,
             memory: Arc::new(memory),
             peers,
@@ -127,7 +129,7 @@ impl Communicator {
             resident_blocks,
             oneshot_grid,
             gpu_name,
-            poisoned: Mutex::new(None),
+            poisoned: Arc::new(Mutex::new(None)),
             recovering: AtomicBool::new(false),
             recoveries: AtomicU64::new(0),
             issue_all: Mutex::new(()),
@@ -186,6 +188,11 @@ fn check_device_list(devices: &[usize], config: &Config) -> Result<()> {
     if let (Some(device), false) = (repeated, config.shared_devices) {
         return Err(Error::DuplicateDevice { device });
     }
+    check_devices_exist(devices)
+}
+
+/// Every device of `devices` is a CUDA device of this process.
+pub(super) fn check_devices_exist(devices: &[usize]) -> Result<()> {
     let count = crate::gpu_count();
     if count == 0 {
         return Err(Error::NoGpu("no CUDA driver or no device".into()));
@@ -205,7 +212,7 @@ const CU_STREAM_PER_THREAD: sys::CUstream = 0x2 as sys::CUstream;
 /// creation, calls, `synchronize_rank` and drop would each use a different
 /// one), and not one stream for two ranks (their kernels wait for each
 /// other: one queued behind the other never starts).
-fn check_engine_streams(streams: &[Arc<CudaStream>]) -> Result<()> {
+pub(super) fn check_engine_streams(streams: &[Arc<CudaStream>]) -> Result<()> {
     for (rank, s) in streams.iter().enumerate() {
         if s.cu_stream() == CU_STREAM_PER_THREAD {
             return Err(Error::InvalidConfig(format!(
@@ -267,33 +274,32 @@ fn load_kernels_everywhere(ctxs: &[Arc<CudaContext>], image: &KernelImage) -> Re
 /// by [`link_peers`]).
 fn open_ranks(devices: &[usize], streams: &[Arc<CudaStream>], config: &Config) -> Result<Vec<Rank>> {
     let world = devices.len();
-    devices
-        .iter()
-        .zip(streams)
-        .enumerate()
-        .map(|(rank, (&device, stream))| {
-            Ok(Rank {
-                device,
-                ctx: stream.context().clone(),
-                stream: stream.clone(),
-                abort_stream: driver::stream::OwnedStream::new(stream.context())?,
-                barrier: BarrierArgs {
-                    sync: [0; MAX_WORLD],
-                    timeout_ns: config.timeout.map_or(0, |t| t.as_nanos() as u64),
-                    rank: rank as u32,
-                    world: world as u32,
-                    tag: 0,
-                    _pad: 0,
-                },
-                launch: Mutex::new(()),
-            })
-        })
-        .collect()
+    devices.iter().zip(streams).enumerate().map(|(rank, (&device, stream))| open_rank(rank, world, device, stream, config)).collect()
+}
+
+/// Rank `index` of `world` on `stream` (of `device`), its peers' sync
+/// areas still unknown.
+pub(super) fn open_rank(index: usize, world: usize, device: usize, stream: &Arc<CudaStream>, config: &Config) -> Result<Rank> {
+    Ok(Rank {
+        index,
+        device,
+        ctx: stream.context().clone(),
+        stream: stream.clone(),
+        abort_stream: driver::stream::OwnedStream::new(stream.context())?,
+        barrier: BarrierArgs {
+            sync: [0; MAX_WORLD],
+            timeout_ns: config.timeout.map_or(0, |t| t.as_nanos() as u64),
+            rank: index as u32,
+            world: world as u32,
+            tag: 0,
+            _pad: 0,
+        },
+        launch: Mutex::new(()),
+    })
 }
 
 /// Every rank's buffers, allocated once and zeroed on its stream.
-fn allocate_memory(ranks: &[Rank], kernels: Vec<LoadedKernels>, strides: &Strides) -> Result<DeviceState> {
-    let world = ranks.len();
+pub(super) fn allocate_memory(ranks: &[Rank], kernels: Vec<LoadedKernels>, strides: &Strides, world: usize) -> Result<DeviceState> {
     let memory = ranks
         .iter()
         .zip(kernels)
@@ -309,6 +315,7 @@ fn allocate_memory(ranks: &[Rank], kernels: Vec<LoadedKernels>, strides: &Stride
         .collect::<Result<_>>()?;
     Ok(DeviceState {
         ranks: memory,
+        imported: Vec::new(),
         #[cfg(feature = "nccl")]
         nccl: None,
     })

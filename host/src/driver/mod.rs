@@ -5,6 +5,7 @@
 //! turns the status into a `Result`. The `unsafe` ones say under `# Safety`
 //! what the caller must guarantee; nothing above this module calls `sys`.
 pub mod graph;
+pub mod ipc;
 pub mod launch;
 pub mod memory;
 pub mod module;

@@ -1,0 +1,314 @@
+//! Ranks in separate processes (`Communicator::init_rank`): every rank is
+//! this test binary started again (`child`, chosen by `RANK_ENV`), rank 0
+//! prints the bootstrap id, the test hands it to the others and watches
+//! them. The bit-exactness bodies are the single-process tests' own, run on
+//! each process's rank; the failure tests kill a rank with SIGKILL, or keep
+//! one alive that never calls.
+use crate::allreduce::{back_to_back_calls, graph_replay_cases, random_cases};
+use crate::common::*;
+use flashcomm::bootstrap::{Bootstrap, Identity, Listener};
+use flashcomm::reference::reference_all_reduce;
+use flashcomm::synth::Rng;
+use flashcomm::{CallOptions, Communicator, Config, Error, Quantization, KERNELS};
+use half::bf16;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+/// Set in a rank process: `<mode> <rank> <devices, comma-separated> <seed> [<id>]`.
+pub const RANK_ENV: &str = "FLASHCOMM_GPU_TEST_RANK";
+const JOIN_TIME: Duration = Duration::from_secs(120);
+
+/// What a rank process says on its stdout, one line at a time.
+struct Lines {
+    rx: Receiver<(usize, String, Instant)>,
+}
+
+impl Lines {
+    /// The next line of rank `rank` that starts with `prefix`, within `timeout`.
+    fn expect(&self, rank: usize, prefix: &str, timeout: Duration) -> Result<(String, Instant), libtest_mimic::Failed> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok((r, line, at)) if r == rank && line.starts_with(prefix) => return Ok((line, at)),
+                Ok(_) => {}
+                Err(_) => return Err(format!("rank {rank} did not say {prefix:?} within {timeout:?}").into()),
+            }
+        }
+    }
+}
+
+/// Starts rank processes `0..world` on `devices` in `mode`: rank 0 first,
+/// then the others with the id it prints.
+fn spawn_ranks(mode: &str, devices: &[usize], seed: u64) -> Result<(Vec<Child>, Lines), libtest_mimic::Failed> {
+    let (tx, rx) = channel();
+    let lines = Lines { rx };
+    let list = devices.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",");
+    let spawn = |rank: usize, id: &str| -> Result<Child, libtest_mimic::Failed> {
+        let mut child = Command::new(std::env::current_exe().expect("test binary"))
+            .env(RANK_ENV, format!("{mode} {rank} {list} {seed} {id}").trim_end())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("start rank {rank}: {e}"))?;
+        let stdout = child.stdout.take().expect("piped");
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                println!("  [rank {rank}] {line}");
+                let _ = tx.send((rank, line, Instant::now()));
+            }
+        });
+        Ok(child)
+    };
+    let mut children = vec![spawn(0, "")?];
+    let id = match lines.expect(0, "id ", JOIN_TIME) {
+        Ok((line, _)) => line["id ".len()..].to_string(),
+        Err(e) => {
+            let _ = children[0].kill();
+            return Err(e);
+        }
+    };
+    for rank in 1..devices.len() {
+        children.push(spawn(rank, &id)?);
+    }
+    Ok((children, lines))
+}
+
+/// Waits for every child (killing all of them after `timeout`); each must exit 0.
+fn wait_all(mut children: Vec<Child>, timeout: Duration, what: &str) -> TestResult {
+    let deadline = Instant::now() + timeout;
+    let mut failures = Vec::new();
+    for (rank, child) in children.iter_mut().enumerate() {
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) if status.success() => break,
+                Ok(Some(status)) => {
+                    failures.push(format!("rank {rank} exited with {status}"));
+                    break;
+                }
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    failures.push(format!("rank {rank} did not finish within {timeout:?} (killed)"));
+                    break;
+                }
+            }
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{what}: {}", failures.join("; ")).into())
+    }
+}
+
+/// Devices for `world` ranks on the GPUs there are (sharing where fewer).
+fn devices(world: usize) -> Vec<usize> {
+    let gpus = flashcomm::gpu_count().max(1);
+    (0..world).map(|r| r % gpus).collect()
+}
+
+/// Random cases (the single-process suite's), CUDA-graph replays and
+/// back-to-back queued calls with one process per rank, bit-exact on every
+/// rank: W = 2 on two GPUs, then W = 3 (two processes sharing GPU 0).
+pub fn random_cases_bit_exact() -> TestResult {
+    let seed = seed("process::random_cases_bit_exact");
+    for world in [2, 3] {
+        let (children, _lines) = spawn_ranks("cases", &devices(world), seed)?;
+        wait_all(children, Duration::from_secs(400), &format!("W={world}"))?;
+    }
+    Ok(())
+}
+
+/// Two processes on one GPU (`Config::shared_devices`): the driver
+/// time-slices their contexts, and the collectives stay bit-exact.
+pub fn shared_gpu_processes_bit_exact() -> TestResult {
+    let seed = seed("process::shared_gpu_processes_bit_exact");
+    let (children, _lines) = spawn_ranks("cases", &[0, 0], seed)?;
+    wait_all(children, Duration::from_secs(400), "W=2 on GPU 0")
+}
+
+/// A rank process killed with SIGKILL while its peer waits in a collective,
+/// with the watchdog off: only the watcher of the processes can end the
+/// wait. The survivor gets `PeerFailed` naming the dead rank within a
+/// second, refuses new calls, and its drop returns promptly and frees its
+/// GPU memory.
+pub fn killed_rank_is_an_error() -> TestResult {
+    let (mut children, lines) = spawn_ranks("killed", &devices(2), seed("process::killed_rank_is_an_error"))?;
+    lines.expect(1, "ready", JOIN_TIME)?;
+    lines.expect(0, "waiting", JOIN_TIME)?;
+    // Let the survivor's kernel spin for a while first.
+    std::thread::sleep(Duration::from_millis(300));
+    let killed_at = Instant::now();
+    ctx(children[1].kill(), "kill rank 1")?;
+    let _ = children[1].wait();
+    let (line, at) = lines.expect(0, "error", Duration::from_secs(30))?;
+    let took = at.saturating_duration_since(killed_at);
+    println!("process::killed_rank_is_an_error: rank 0 reported {took:?} after the kill: {line}");
+    if took > Duration::from_secs(1) {
+        return Err(format!("the error came {took:?} after the kill (limit 1 s; watchdog off)").into());
+    }
+    wait_all(children.drain(..1).collect(), Duration::from_secs(60), "rank 0")
+}
+
+/// A rank process that joins and never calls: its peer's call ends with
+/// `PeerTimeout` naming it within the watchdog time plus a second, and the
+/// peer's drop returns within its closing deadline.
+pub fn never_calling_rank_times_out() -> TestResult {
+    let (mut children, lines) = spawn_ranks("never-calls", &devices(2), seed("process::never_calling_rank_times_out"))?;
+    lines.expect(1, "ready", JOIN_TIME)?;
+    let finished = wait_all(children.drain(..1).collect(), Duration::from_secs(60), "rank 0");
+    let _ = children[0].kill();
+    let _ = children[0].wait();
+    finished
+}
+
+/// The rank process's side: runs `spec`'s mode and returns the exit code.
+pub fn child(spec: &str) -> i32 {
+    match run_child(spec) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("rank process [{spec}]: {}", e.message().unwrap_or("failed"));
+            1
+        }
+    }
+}
+
+fn say(line: &str) {
+    println!("{line}");
+    let _ = std::io::stdout().flush();
+}
+
+fn run_child(spec: &str) -> TestResult {
+    let parts: Vec<&str> = spec.split(' ').collect();
+    let (mode, rank, seed) = (parts[0], parts[1].parse::<usize>()?, parts[3].parse::<u64>()?);
+    let devices: Vec<usize> = parts[2].split(',').map(str::parse).collect::<Result<_, _>>()?;
+    let (world, device) = (devices.len(), devices[rank]);
+    let shared = (1..world).any(|i| devices[..i].contains(&devices[i]));
+    let base = Config { shared_devices: shared, ..exact_config() };
+    let config = match mode {
+        // Time-sliced GPUs (two processes on one) are slow to meet.
+        "cases" if base.shared_devices => Config { timeout: Some(Duration::from_secs(10)), max_piece_elems: 1 << 18, ..base },
+        "cases" => Config { max_piece_elems: 1 << 18, ..base },
+        "killed" => Config { timeout: None, ..base },
+        _ => Config { timeout: Some(Duration::from_millis(500)), ..base },
+    };
+    let identity = Identity::current(&config, &KERNELS);
+    let bootstrap = if rank == 0 {
+        let listener = ctx(Listener::loopback(), "listen")?;
+        say(&format!("id {}", listener.id()));
+        ctx(Bootstrap::root(listener, world, &identity, &[], JOIN_TIME), "bootstrap root")?.0
+    } else {
+        let id = ctx(parts[4].parse(), "the id")?;
+        ctx(Bootstrap::join(&id, rank, world, &identity, &[], JOIN_TIME), "bootstrap join")?.0
+    };
+    let free_before = ctx(free_memory(device), "free memory")?;
+    let comm = ctx(Communicator::init_rank(bootstrap, device, config, &KERNELS), &format!("init_rank {rank} on GPU {device}"))?;
+    if comm.local_ranks() != [rank] || comm.world_size() != world {
+        return Err(format!("local ranks {:?} of {} (expected [{rank}] of {world})", comm.local_ranks(), comm.world_size()).into());
+    }
+    match mode {
+        "cases" => {
+            let mut rng = Rng::new(seed);
+            let cases = if comm.config().shared_devices { 40 } else { 200 };
+            let comms = BTreeMap::from([(world, comm)]);
+            random_cases(&comms, cases, &mut rng, &format!("process rank {rank}"))?;
+            let comm = &comms[&world];
+            graph_replay_cases(comm, &mut rng)?;
+            let calls = back_to_back_calls(comm, &mut rng)?;
+            per_rank_call(comm, rank, &mut rng)?;
+            say(&format!("ok: {cases} random cases, 4 graphs x 3 replays, {calls} back-to-back calls, a per-rank call: bit-exact"));
+            Ok(())
+        }
+        "killed" if rank == 1 => {
+            say("ready");
+            std::thread::sleep(Duration::from_secs(60));
+            Err("rank 1 was not killed".into())
+        }
+        "killed" => {
+            let mut x = ctx(comm.stream(0)?.clone_htod(&vec![bf16::ONE; 1 << 20]), "upload")?;
+            ctx(comm.all_reduce_in_place(std::slice::from_mut(&mut x)), "queue a call")?;
+            say("waiting");
+            let started = Instant::now();
+            match comm.synchronize() {
+                Err(Error::PeerFailed { rank: 0, peer: 1 }) => say(&format!("error after {:?}: PeerFailed naming rank 1", started.elapsed())),
+                other => return Err(format!("expected PeerFailed {{ rank: 0, peer: 1 }}, got {other:?}").into()),
+            }
+            match comm.all_reduce_in_place(std::slice::from_mut(&mut x)) {
+                Err(Error::Poisoned(why)) if why.contains("rank 1") => {}
+                other => return Err(format!("a call after the peer died: expected Poisoned naming rank 1, got {other:?}").into()),
+            }
+            if comm.recover().is_ok() {
+                return Err("recover() succeeded with a dead peer".into());
+            }
+            drop(x);
+            dropped_promptly_and_freed(comm, device, free_before, Duration::from_secs(2))
+        }
+        "never-calls" if rank == 1 => {
+            say("ready");
+            std::thread::sleep(Duration::from_secs(60));
+            Ok(())
+        }
+        "never-calls" => {
+            let mut x = ctx(comm.stream(0)?.clone_htod(&vec![bf16::ONE; 1 << 20]), "upload")?;
+            let started = Instant::now();
+            ctx(comm.all_reduce_in_place(std::slice::from_mut(&mut x)), "queue a call")?;
+            let result = comm.synchronize();
+            let took = started.elapsed();
+            match result {
+                Err(Error::PeerTimeout { rank: 0, peer: 1, .. }) if took < Duration::from_millis(1500) => {
+                    say(&format!("error after {took:?}: {}", result.unwrap_err()))
+                }
+                other => return Err(format!("expected PeerTimeout naming rank 1 within 1.5 s, got {other:?} after {took:?}").into()),
+            }
+            drop(x);
+            // The closing barrier waits for the silent rank up to its deadline (10 s).
+            dropped_promptly_and_freed(comm, device, free_before, Duration::from_secs(12))
+        }
+        other => Err(format!("unknown mode {other}").into()),
+    }
+}
+
+/// One `all_reduce_rank` (the per-rank entry point) with INT8, bit-exact.
+fn per_rank_call(comm: &Communicator, rank: usize, rng: &mut Rng) -> TestResult {
+    let world = comm.world_size();
+    let inputs = make_inputs::<bf16>(rng, DataKind::Activations, world, 1 << 20);
+    let refs: Vec<&[bf16]> = inputs.iter().map(|v| v.as_slice()).collect();
+    let expected = ctx(reference_all_reduce(&refs, &Quantization::INT8), "reference")?;
+    let stream = comm.stream(rank)?;
+    let input = ctx(stream.clone_htod(&inputs[rank]), "upload")?;
+    let mut output = ctx(stream.clone_htod(&vec![bf16::from_bits(0xFFFF); 1 << 20]), "poison")?;
+    let opts = CallOptions { algorithm: Some(flashcomm::Algorithm::Flash), quantization: Some(Quantization::INT8), ..Default::default() };
+    ctx(comm.all_reduce_rank(rank, &input, &mut output, &opts), "all_reduce_rank")?;
+    ctx(comm.synchronize_rank(rank), "synchronize_rank")?;
+    compare_bits(&[ctx(stream.clone_dtoh(&output), "download")?], &expected, "per-rank INT8 call")
+}
+
+fn free_memory(device: usize) -> Result<usize, cudarc::driver::DriverError> {
+    let ctx = cudarc::driver::CudaContext::new(device)?;
+    ctx.bind_to_thread()?;
+    Ok(cudarc::driver::result::mem_get_info()?.0)
+}
+
+/// Drops `comm` within `limit`, and the GPU's free memory comes back to
+/// what it was before the communicator (within 64 MiB).
+fn dropped_promptly_and_freed(comm: Communicator, device: usize, free_before: usize, limit: Duration) -> TestResult {
+    let started = Instant::now();
+    drop(comm);
+    let took = started.elapsed();
+    let free_after = ctx(free_memory(device), "free memory")?;
+    say(&format!("dropped in {took:?}; free memory {} MiB before, {} MiB after", free_before >> 20, free_after >> 20));
+    if took > limit {
+        return Err(format!("drop took {took:?} (limit {limit:?})").into());
+    }
+    if free_after + (64 << 20) < free_before {
+        return Err(format!("{} MiB of GPU memory not freed after drop", (free_before - free_after) >> 20).into());
+    }
+    say("ok");
+    Ok(())
+}
