@@ -3,7 +3,7 @@
 #
 #   scripts/gpu-suite.sh stage            # here: build release test/bench/main binaries, packed into .gpu-stage/bins.tar.gz
 #                                         #   (STAGE_EXTRA="f1 f2": variant binaries or wrappers named bench-<name>, packed too)
-#   scripts/gpu-suite.sh remote [WHAT..]  # on the GPU host (repo root): run them; WHAT = tests | sanitize | tests-old | bench | bench-graphs | bench-phases | bench-transports | bench-pieces | bench-variants | torch | main | startup | candle
+#   scripts/gpu-suite.sh remote [WHAT..]  # on the GPU host (repo root): run them; WHAT = tests | sanitize | tests-old | bench | bench-graphs | bench-procs | bench-procs-graphs | bench-phases | bench-transports | bench-pieces | bench-variants | torch | main | startup | candle
 #
 # With the device tool: stage, then run
 #   bash scripts/gpu-suite.sh remote tests bench     (carry: [".gpu-stage"])
@@ -124,6 +124,12 @@ remote)
         mkdir -p "$out/graphs"
         timeout 900 "$stage/bench-allreduce" --no-progress --graphs "${GRAPH_CALLS:-10}" --out "$out/graphs" ${BENCH_ARGS:-} 2>&1 \
           | tee "$out/graphs.log" || status=1 ;;
+      bench-procs)
+        # One process per rank (Communicator::init_rank; NCCL by ncclCommInitRank).
+        timeout 900 "$stage/bench-allreduce" --procs --no-progress --out "$out/procs" ${BENCH_ARGS:-} 2>&1 | tee "$out/procs.log" || status=1 ;;
+      bench-procs-graphs)
+        timeout 900 "$stage/bench-allreduce" --procs --no-progress --graphs "${GRAPH_CALLS:-10}" --out "$out/procs-graphs" ${BENCH_ARGS:-} 2>&1 \
+          | tee "$out/procs-graphs.log" || status=1 ;;
       bench-phases)
         mkdir -p "$out/phases"
         timeout 900 "$stage/bench-allreduce" --no-progress --no-plot --phases --sizes 64M,256M \

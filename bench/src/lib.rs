@@ -39,7 +39,15 @@ impl NcclBaseline {
         Ok(Self { comms: NcclComms::new(streams)? })
     }
 
-    /// Out-of-place sum over all ranks, issued from this thread in one group.
+    /// This process's rank of NCCL across processes (`ncclCommInitRank`),
+    /// on the stream of `comm`'s one rank, with rank 0's NCCL unique id:
+    /// how engines with one process per GPU run NCCL.
+    pub fn for_process(comm: &Communicator, nccl_id: &[u8]) -> flashcomm::Result<Self> {
+        let rank = comm.local_ranks()[0];
+        Ok(Self { comms: NcclComms::init_rank(comm.stream(rank)?.clone(), rank, comm.world_size(), nccl_id)? })
+    }
+
+    /// Out-of-place sum over this process's ranks, issued from this thread in one group.
     pub fn all_reduce(&self, inputs: &[CudaSlice<bf16>], outputs: &mut [CudaSlice<bf16>]) -> flashcomm::Result<()> {
         use flashcomm::cudarc::driver::{DevicePtr, DevicePtrMut};
         let world = self.comms.world_size();
@@ -299,6 +307,8 @@ struct Sets {
     blocks: Vec<Vec<Vec<bf16>>>,
 }
 
+/// Every rank's data (the exact sums need all of it), uploaded for this
+/// process's ranks (`Communicator::local_ranks`).
 fn make_sets(comm: &Communicator, len: usize, sets: usize, seed: u64) -> flashcomm::Result<Sets> {
     let world = comm.world_size();
     let mut inputs = Vec::new();
@@ -307,7 +317,8 @@ fn make_sets(comm: &Communicator, len: usize, sets: usize, seed: u64) -> flashco
         let block_len = len.min(BLOCK);
         let data: Vec<Vec<bf16>> = flashcomm::synth::rank_activations(seed + set as u64, world, block_len, 2048);
         let mut bufs = Vec::new();
-        for (r, block) in data.iter().enumerate() {
+        for r in comm.local_ranks() {
+            let block = &data[r];
             let mut host = Vec::with_capacity(len);
             while host.len() < len {
                 let take = block_len.min(len - host.len());
@@ -343,21 +354,22 @@ fn issue(
 
 /// Runs `sample(i)` for `i` in `0..iters`, each bracketed by CUDA events on
 /// every rank's stream; returns each sample's longest rank interval, in
-/// microseconds.
+/// microseconds (over the ranks of every process: with one process per
+/// rank, the processes exchange their intervals).
 fn time_samples(comm: &Communicator, iters: usize, mut sample: impl FnMut(usize) -> flashcomm::Result<()>) -> flashcomm::Result<Vec<f64>> {
-    let world = comm.world_size();
+    let locals = comm.local_ranks();
     let mut events: Vec<Vec<(CudaEvent, CudaEvent)>> = Vec::with_capacity(iters);
     for i in 0..iters {
-        let mut pair = Vec::with_capacity(world);
-        for r in 0..world {
+        let mut pair = Vec::with_capacity(locals.len());
+        for &r in &locals {
             let ctx = comm.context(r)?;
             pair.push((ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?, ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?));
         }
-        for (r, (start, _)) in pair.iter().enumerate() {
+        for (&r, (start, _)) in locals.iter().zip(&pair) {
             start.record(comm.stream(r)?)?;
         }
         sample(i)?;
-        for (r, (_, end)) in pair.iter().enumerate() {
+        for (&r, (_, end)) in locals.iter().zip(&pair) {
             end.record(comm.stream(r)?)?;
         }
         events.push(pair);
@@ -370,6 +382,17 @@ fn time_samples(comm: &Communicator, iters: usize, mut sample: impl FnMut(usize)
             longest = longest.max(start.elapsed_ms(end)? as f64 * 1000.0);
         }
         times.push(longest);
+    }
+    if locals.len() < comm.world_size() {
+        let mine: Vec<u8> = times.iter().flat_map(|t| t.to_le_bytes()).collect();
+        for theirs in comm.all_gather_host(&mine, std::time::Duration::from_secs(60))? {
+            if theirs.len() != mine.len() {
+                return Err(flashcomm::Error::InvalidConfig(format!("a rank sent {} bytes of timings, expected {}", theirs.len(), mine.len())));
+            }
+            for (t, bytes) in times.iter_mut().zip(theirs.chunks_exact(8)) {
+                *t = t.max(f64::from_le_bytes(bytes.try_into().expect("8 bytes")));
+            }
+        }
     }
     Ok(times)
 }
@@ -407,18 +430,18 @@ fn time_graph_replays(
     calls: usize,
 ) -> flashcomm::Result<(Vec<f64>, usize)> {
     use flashcomm::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-    let world = comm.world_size();
+    let locals = comm.local_ranks();
     let opts = contender.options();
     comm.synchronize()?;
     // Relaxed: every rank's stream captures at once, and ending one capture
     // instantiates its graph (an allocating call, which the stricter modes
     // refuse while the other streams still capture).
-    for r in 0..world {
+    for &r in &locals {
         comm.stream(r)?.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)?;
     }
     let issued = (0..calls).try_for_each(|i| issue(comm, nccl, contender, &opts, &sets.inputs[i % sets.inputs.len()], outputs));
     // Every capture is ended, also after a failed call.
-    let graphs: Vec<_> = (0..world).map(|r| Ok(comm.stream(r)?.end_capture(CUgraphInstantiate_flags(0))?)).collect::<flashcomm::Result<_>>()?;
+    let graphs: Vec<_> = locals.iter().map(|&r| Ok(comm.stream(r)?.end_capture(CUgraphInstantiate_flags(0))?)).collect::<flashcomm::Result<_>>()?;
     issued?;
     let graphs: Vec<_> = graphs.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| flashcomm::Error::InvalidConfig("stream capture produced no graph".into()))?;
     let replay = || graphs.iter().try_for_each(|g| g.launch());
@@ -433,10 +456,11 @@ fn time_graph_replays(
     Ok((times.into_iter().map(|t| t / calls as f64).collect(), (calls - 1) % sets.inputs.len()))
 }
 
-/// Error of rank 0's output (prefix) against the exact sum of the set used last.
+/// Error of this process's first rank's output (prefix) against the exact
+/// sum of the set used last (every rank's output is the same).
 fn error_stats(comm: &Communicator, sets: &Sets, last_set: usize, output: &CudaSlice<bf16>, len: usize) -> flashcomm::Result<(f64, f64)> {
     let n = len.min(ERROR_PREFIX);
-    let out = comm.stream(0)?.clone_dtoh(&output.slice(0..n))?;
+    let out = comm.stream(comm.local_ranks()[0])?.clone_dtoh(&output.slice(0..n))?;
     let blocks = &sets.blocks[last_set];
     let (mut num, mut den, mut max_abs) = (0.0f64, 0.0f64, 0.0f64);
     for (i, y) in out.iter().enumerate() {
@@ -467,12 +491,6 @@ pub fn run(opts: &BenchOptions, command: &str) -> flashcomm::Result<Report> {
         let config = Config { shared_devices: opts.shared_gpu, ..Config::default().with_env_overrides()? };
         let comm = Communicator::new(&devices, config, &flashcomm::KERNELS)?;
         gpu = comm.gpu_name().to_string();
-        // One stream per rank drives everything: cudarc's per-buffer event
-        // bookkeeping would only add host work, equally for every contender.
-        for r in 0..world {
-            // SAFETY: every buffer of this run is used on its rank's one stream only.
-            unsafe { comm.context(r)?.disable_event_tracking() };
-        }
         // NCCL refuses ranks that share a GPU.
         let nccl = if opts.shared_gpu {
             None
@@ -485,12 +503,34 @@ pub fn run(opts: &BenchOptions, command: &str) -> flashcomm::Result<Report> {
                 }
             }
         };
+        measure_world(&comm, nccl.as_ref(), opts, &bar, &mut rows)?;
+    }
+    bar.finish_and_clear();
+    // A smoke test's times suggest nothing.
+    let suggested_thresholds = if opts.shared_gpu { vec![] } else { opts.worlds.iter().filter_map(|&w| suggest_thresholds(&rows, w)).collect() };
+    Ok(report(opts, command, gpu, rows, suggested_thresholds, "one host thread for all ranks"))
+}
+
+/// Every size and contender of `opts` on `comm` (its ranks in this process;
+/// with one process per rank, every process runs this with the others).
+fn measure_world(comm: &Communicator, nccl: Option<&NcclBaseline>, opts: &BenchOptions, bar: &indicatif::ProgressBar, rows: &mut Vec<Row>) -> flashcomm::Result<()> {
+    let world = comm.world_size();
+    // One stream per rank drives everything: cudarc's per-buffer event
+    // bookkeeping would only add host work, equally for every contender.
+    for r in comm.local_ranks() {
+        // SAFETY: every buffer of this run is used on its rank's one stream only.
+        unsafe { comm.context(r)?.disable_event_tracking() };
+    }
+    {
         for &bytes in &opts.sizes {
             let len = bytes / 2;
             let nsets = (256usize << 20).div_ceil(bytes).clamp(2, 16);
-            let sets = make_sets(&comm, len, nsets, bytes as u64)?;
-            let mut outputs: Vec<CudaSlice<bf16>> =
-                (0..world).map(|r| Ok(comm.stream(r)?.clone_htod(&vec![bf16::from_bits(0xFFFF); len])?)).collect::<flashcomm::Result<_>>()?;
+            let sets = make_sets(comm, len, nsets, bytes as u64)?;
+            let mut outputs: Vec<CudaSlice<bf16>> = comm
+                .local_ranks()
+                .into_iter()
+                .map(|r| Ok(comm.stream(r)?.clone_htod(&vec![bf16::from_bits(0xFFFF); len])?))
+                .collect::<flashcomm::Result<_>>()?;
             let mut nccl_median = None;
             for &contender in &opts.contenders {
                 bar.set_message(format!("W={world} {} {}", human_bytes(bytes), contender.label()));
@@ -501,12 +541,12 @@ pub fn run(opts: &BenchOptions, command: &str) -> flashcomm::Result<Report> {
                     continue;
                 }
                 let (mut times, last_set) = match opts.graph_calls {
-                    Some(calls) => time_graph_replays(&comm, nccl.as_ref(), contender, &sets, &mut outputs, opts.warmup, opts.iters, calls.max(1))?,
-                    None => (time_calls(&comm, nccl.as_ref(), contender, &sets, &mut outputs, opts.warmup, opts.iters)?, (opts.iters - 1) % nsets),
+                    Some(calls) => time_graph_replays(comm, nccl, contender, &sets, &mut outputs, opts.warmup, opts.iters, calls.max(1))?,
+                    None => (time_calls(comm, nccl, contender, &sets, &mut outputs, opts.warmup, opts.iters)?, (opts.iters - 1) % nsets),
                 };
                 times.sort_by(|a, b| a.partial_cmp(b).unwrap());
                 let median = percentile(&times, 0.5);
-                let (rel_l2, max_abs) = error_stats(&comm, &sets, last_set, &outputs[0], len)?;
+                let (rel_l2, max_abs) = error_stats(comm, &sets, last_set, &outputs[0], len)?;
                 if contender == Contender::Nccl {
                     nccl_median = Some(median);
                 }
@@ -535,10 +575,11 @@ pub fn run(opts: &BenchOptions, command: &str) -> flashcomm::Result<Report> {
             }
         }
     }
-    bar.finish_and_clear();
-    // A smoke test's times suggest nothing.
-    let suggested_thresholds = if opts.shared_gpu { vec![] } else { opts.worlds.iter().filter_map(|&w| suggest_thresholds(&rows, w)).collect() };
-    Ok(Report {
+    Ok(())
+}
+
+fn report(opts: &BenchOptions, command: &str, gpu: String, rows: Vec<Row>, suggested_thresholds: Vec<SuggestedThresholds>, hosts: &str) -> Report {
+    Report {
         date: utc_date(),
         gpu,
         command: command.to_string(),
@@ -546,13 +587,50 @@ pub fn run(opts: &BenchOptions, command: &str) -> flashcomm::Result<Report> {
             "{}{}; out of place; inputs rotated over >=256 MiB per GPU; CUDA events per rank, per-call time = longest rank; median of the timed samples",
             if opts.shared_gpu { "SMOKE TEST, every rank on GPU 0 (times mean nothing); " } else { "" },
             match opts.graph_calls {
-                Some(k) => format!("CUDA-graph replay, {k} back-to-back calls per graph and rank, one host thread launching every rank's graph, sample = replay time / {k}"),
-                None => "eager, one host thread for all ranks".into(),
+                Some(k) => format!("CUDA-graph replay, {k} back-to-back calls per graph and rank, {hosts} launching the graphs, sample = replay time / {k}"),
+                None => format!("eager, {hosts}"),
             }
         ),
         rows,
         suggested_thresholds,
-    })
+    }
+}
+
+/// One rank of a run with one process per rank (`--procs`): joins the
+/// other ranks' processes (rank 0 listens and prints `id <unique id>` on
+/// stdout for the launcher), creates this process's rank on GPU `rank`
+/// with `Communicator::init_rank`, and NCCL across the processes
+/// (`ncclCommInitRank`, rank 0's id carried by the bootstrap), then runs
+/// `opts` at world size `world`. Rank 0 returns the report.
+pub fn run_process_rank(opts: &BenchOptions, command: &str, rank: usize, world: usize, id: Option<&str>) -> flashcomm::Result<Option<Report>> {
+    use flashcomm::bootstrap::{Bootstrap, Identity, Listener};
+    use std::io::Write;
+    let timeout = std::time::Duration::from_secs(120);
+    let config = Config::default().with_env_overrides()?;
+    let identity = Identity::current(&config, &flashcomm::KERNELS);
+    let bootstrap = match id {
+        None => {
+            let listener = Listener::loopback()?;
+            println!("id {}", listener.id());
+            let _ = std::io::stdout().flush();
+            // Rank 0's payload: NCCL's unique id (empty without NCCL).
+            let nccl_id = NcclComms::unique_id().unwrap_or_default();
+            Bootstrap::root(listener, world, &identity, &nccl_id, timeout)?
+        }
+        Some(id) => Bootstrap::join(&id.parse()?, rank, world, &identity, &[], timeout)?,
+    };
+    let (bootstrap, payloads) = bootstrap;
+    let comm = Communicator::init_rank(bootstrap, rank, config, &flashcomm::KERNELS)?;
+    let nccl = if payloads[0].is_empty() { None } else { Some(NcclBaseline::for_process(&comm, &payloads[0])?) };
+    let bar = indicatif::ProgressBar::hidden();
+    let mut rows = Vec::new();
+    let opts = BenchOptions { worlds: vec![world], ..opts.clone() };
+    measure_world(&comm, nccl.as_ref(), &opts, &bar, &mut rows)?;
+    if rank != 0 {
+        return Ok(None);
+    }
+    let suggested = suggest_thresholds(&rows, world).into_iter().collect();
+    Ok(Some(report(&opts, command, comm.gpu_name().to_string(), rows, suggested, "one process per rank, each issuing its own rank's calls")))
 }
 
 /// `Auto` thresholds from measured rows: the one-shot up to the largest size
@@ -724,6 +802,13 @@ pub fn plot(report: &Report, dir: &Path) -> Result<Vec<std::path::PathBuf>, Box<
 /// Runs `opts`, prints the table, and writes JSON + PNGs into `out`.
 pub fn run_and_report(opts: &BenchOptions, out: Option<&Path>, command: &str) -> flashcomm::Result<Report> {
     let report = run(opts, command)?;
+    write_report(&report, opts, out)?;
+    Ok(report)
+}
+
+/// Prints the table, and writes JSON + PNGs into `out`.
+pub fn write_report(report: &Report, opts: &BenchOptions, out: Option<&Path>) -> flashcomm::Result<()> {
+    let report = report.clone();
     println!("{}", markdown(&report));
     if let Some(dir) = out {
         std::fs::create_dir_all(dir).map_err(|e| flashcomm::Error::InvalidConfig(format!("{}: {e}", dir.display())))?;
@@ -731,14 +816,14 @@ pub fn run_and_report(opts: &BenchOptions, out: Option<&Path>, command: &str) ->
         std::fs::write(dir.join("allreduce.json"), json).map_err(|e| flashcomm::Error::InvalidConfig(e.to_string()))?;
         if !opts.plot {
             println!("wrote {}", dir.join("allreduce.json").display());
-            return Ok(report);
+            return Ok(());
         }
         match plot(&report, dir) {
             Ok(files) => println!("wrote {} and {files:?}", dir.join("allreduce.json").display()),
             Err(e) => eprintln!("plot failed: {e}"),
         }
     }
-    Ok(report)
+    Ok(())
 }
 
 #[cfg(test)]

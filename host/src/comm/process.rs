@@ -89,12 +89,17 @@ impl ProcessGroup {
     /// Every process has reached this point (before `timeout`); fails at
     /// once when a peer's process has ended.
     fn barrier(&self, timeout: Duration) -> Result<()> {
-        let ended = self.ended.load(Ordering::SeqCst);
-        if ended != u64::MAX {
-            return Err(Error::PeerProcess { rank: ended as usize, why: "its process ended (its connection closed)".into() });
-        }
+        self.check_alive()?;
         lock(&self.bootstrap).barrier(timeout)?;
         Ok(())
+    }
+
+    /// Fails when the watcher saw a peer's process end.
+    fn check_alive(&self) -> Result<()> {
+        match self.ended.load(Ordering::SeqCst) {
+            u64::MAX => Ok(()),
+            rank => Err(Error::PeerProcess { rank: rank as usize, why: "its process ended (its connection closed)".into() }),
+        }
     }
 
     /// Waits (bounded) for every process to close, then ends the
@@ -257,6 +262,18 @@ impl Communicator {
             recoveries: AtomicU64::new(0),
             issue_all: Mutex::new(()),
         })
+    }
+
+    /// Every rank's `data`, in rank order, exchanged between the processes
+    /// of a per-process communicator over its bootstrap connections (host
+    /// bytes for the engine's own metadata or a benchmark's timings; not
+    /// ordered with the GPU). Every rank's process must call it; it fails
+    /// after `timeout`, when a peer's process has ended, or on a
+    /// communicator of one process ([`Communicator::new`]).
+    pub fn all_gather_host(&self, data: &[u8], timeout: Duration) -> Result<Vec<Vec<u8>>> {
+        let group = self.group.as_ref().ok_or_else(|| Error::InvalidConfig("all_gather_host needs ranks in separate processes (Communicator::init_rank)".into()))?;
+        group.check_alive()?;
+        Ok(lock(&group.bootstrap).all_gather(data, timeout)?)
     }
 
     /// `recover()`'s part across processes, once this process's kernels
