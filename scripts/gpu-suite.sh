@@ -3,7 +3,7 @@
 #
 #   scripts/gpu-suite.sh stage            # here: build release test/bench/main binaries, packed into .gpu-stage/bins.tar.gz
 #                                         #   (STAGE_EXTRA="f1 f2": variant binaries or wrappers named bench-<name>, packed too)
-#   scripts/gpu-suite.sh remote [WHAT..]  # on the GPU host (repo root): run them; WHAT = tests | sanitize | tests-old | bench | bench-graphs | bench-procs | bench-procs-graphs | bench-phases | bench-transports | bench-pieces | bench-variants | torch | main | startup | candle
+#   scripts/gpu-suite.sh remote [WHAT..]  # on the GPU host (repo root): run them; WHAT = tests | sanitize | tests-old | bench | bench-graphs | bench-procs | bench-procs-graphs | example-procs | bench-phases | bench-transports | bench-pieces | bench-variants | torch | main | startup | candle
 #
 # With the device tool: stage, then run
 #   bash scripts/gpu-suite.sh remote tests bench     (carry: [".gpu-stage"])
@@ -24,11 +24,12 @@ stage)
   for e in $exes; do
     case "$(basename "$e")" in gpu-*) cp "$e" "$stage/gpu-tests" ;; esac
   done
-  cargo build --release --bins --benches --message-format=json 2>/dev/null \
+  cargo build --release --bins --benches --examples --message-format=json 2>/dev/null \
     | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | while read -r e; do
       case "$(basename "$e")" in
         flashcomm) cp "$e" "$stage/flashcomm" ;;
         allreduce-*) cp "$e" "$stage/bench-allreduce" ;;
+        one_process_per_gpu) cp "$e" "$stage/one-process-per-gpu" ;;
       esac
     done
   "$stage/flashcomm" ptx > "$stage/flashcomm_kernels.ptx"   # the embedded PTX, launch bounds included
@@ -124,6 +125,9 @@ remote)
         mkdir -p "$out/graphs"
         timeout 900 "$stage/bench-allreduce" --no-progress --graphs "${GRAPH_CALLS:-10}" --out "$out/graphs" ${BENCH_ARGS:-} 2>&1 \
           | tee "$out/graphs.log" || status=1 ;;
+      example-procs)
+        # examples/one_process_per_gpu.rs: its own launcher, one process per GPU.
+        timeout 300 "$stage/one-process-per-gpu" 2>&1 | tee "$out/example-procs.log" || status=1 ;;
       bench-procs)
         # One process per rank (Communicator::init_rank; NCCL by ncclCommInitRank).
         timeout 900 "$stage/bench-allreduce" --procs --no-progress --out "$out/procs" ${BENCH_ARGS:-} 2>&1 | tee "$out/procs.log" || status=1 ;;

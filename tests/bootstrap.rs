@@ -40,6 +40,14 @@ fn rank_process() {
     let parts: Vec<&str> = spec.split(' ').collect();
     let id = parts[0].parse().expect("the id parses");
     let (rank, world, mode) = (parts[1].parse().unwrap(), parts[2].parse().unwrap(), parts[3]);
+    if mode == "env" {
+        // Started by a launcher with FLASHCOMM_RANK / _WORLD_SIZE / _UNIQUE_ID.
+        let (mut boot, table) = Bootstrap::from_env(&identity(), &payload(rank), T).expect("from_env");
+        assert_eq!((boot.rank(), boot.world(), table.len()), (rank, world, world));
+        let all = boot.all_gather(&[rank as u8], T).expect("all_gather");
+        assert_eq!(all, (0..world).map(|r| vec![r as u8]).collect::<Vec<_>>());
+        return;
+    }
     if mode == "join-aborted" {
         match Bootstrap::join(&id, rank, world, &identity(), &payload(rank), T) {
             Err(BootstrapError::Aborted { rank: 0, why }) => assert!(why.contains("timed out"), "{why}"),
@@ -91,6 +99,33 @@ fn three_processes_meet_and_gather() {
     }
     for (r, c) in children.into_iter().enumerate() {
         wait_ok(c, &format!("rank {}", r + 1));
+    }
+}
+
+/// A launcher's flow: one id made ahead ([`UniqueId::generate`]) and the
+/// same three variables for every process, rank 0 included.
+#[test]
+fn processes_started_from_the_environment_meet() {
+    use flashcomm::bootstrap::{env, UniqueId};
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let id = UniqueId::generate(free).unwrap().to_string();
+    let world = 3;
+    let children: Vec<Child> = (0..world)
+        .map(|r| {
+            Command::new(std::env::current_exe().expect("test binary"))
+                .args(["--exact", "rank_process", "--include-ignored", "--nocapture", "--test-threads=1"])
+                .env(CHILD_ENV, format!("{id} {r} {world} env"))
+                .env(env::RANK, r.to_string())
+                .env(env::WORLD_SIZE, world.to_string())
+                .env(env::UNIQUE_ID, &id)
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start a rank process")
+        })
+        .collect();
+    for (r, c) in children.into_iter().enumerate() {
+        wait_ok(c, &format!("rank {r}"));
     }
 }
 

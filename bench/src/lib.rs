@@ -620,7 +620,11 @@ pub fn run_process_rank(opts: &BenchOptions, command: &str, rank: usize, world: 
         Some(id) => Bootstrap::join(&id.parse()?, rank, world, &identity, &[], timeout)?,
     };
     let (bootstrap, payloads) = bootstrap;
+    let started = std::time::Instant::now();
     let comm = Communicator::init_rank(bootstrap, rank, config, &flashcomm::KERNELS)?;
+    if rank == 0 {
+        println!("rank 0 of {world}: Communicator::init_rank took {:.3} s (kernels: {})", started.elapsed().as_secs_f64(), comm.kernel_code(rank)?);
+    }
     let nccl = if payloads[0].is_empty() { None } else { Some(NcclBaseline::for_process(&comm, &payloads[0])?) };
     let bar = indicatif::ProgressBar::hidden();
     let mut rows = Vec::new();

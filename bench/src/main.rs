@@ -10,7 +10,9 @@
 //!
 //! Subcommands: `codec-table`, `check`, `bench [--full] [--out DIR]`,
 //! `startup [--ptx]` (time `Communicator::new` over every GPU, the first in
-//! this process), `ptx` (print the embedded PTX).
+//! this process), `id [ADDR]` (a new bootstrap unique id for a launcher that
+//! starts one process per rank, rank 0 listening at ADDR, default
+//! 127.0.0.1:29517), `ptx` (print the embedded PTX).
 use flashcomm::device::codec::ShardLayout;
 use flashcomm::reference::{exact_sum_f64, reference_all_reduce, round_trip_group};
 use flashcomm::{Bits, GroupSize, Quantization, Quantized, Wire};
@@ -25,6 +27,7 @@ fn main() -> ExitCode {
         Some("check") => gpu_check(),
         Some("bench") => bench(&args[1..], gpus),
         Some("startup") => startup(args.get(1).map(String::as_str) == Some("--ptx"), gpus),
+        Some("id") => new_id(args.get(1).map(String::as_str).unwrap_or("127.0.0.1:29517")),
         Some("ptx") => {
             use std::io::Write;
             // A closed pipe (`| head`) is not an error worth a panic.
@@ -32,7 +35,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Some("help" | "--help" | "-h") => {
-            println!("usage: flashcomm [codec-table | check | bench [--full] [--out DIR] | startup [--ptx] | ptx]");
+            println!("usage: flashcomm [codec-table | check | bench [--full] [--out DIR] | startup [--ptx] | id [ADDR] | ptx]");
             Ok(())
         }
         Some(other) => Err(format!("unknown command {other:?} (try --help)")),
@@ -50,6 +53,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints a new unique id for rank 0 to listen at `addr`: what a launcher
+/// hands to every rank's process as `FLASHCOMM_UNIQUE_ID`
+/// (`Bootstrap::from_env`). It holds the secret: keep it out of logs.
+fn new_id(addr: &str) -> Result<(), String> {
+    let addr = addr.parse().map_err(|e| format!("{addr:?} is not an address (IP:port): {e}"))?;
+    println!("{}", flashcomm::bootstrap::UniqueId::generate(addr).map_err(|e| e.to_string())?);
+    Ok(())
 }
 
 /// Times the first `Communicator::new` of this process over every GPU (two

@@ -153,10 +153,39 @@ impl std::str::FromStr for UniqueId {
 }
 
 impl UniqueId {
+    /// A new id for rank 0 to listen at `addr` (a fixed port: a launcher
+    /// makes the id before any rank starts, hands the same one to every
+    /// rank, rank 0 included, and rank 0 listens with [`Listener::for_id`]),
+    /// with a fresh secret from the operating system's random source.
+    pub fn generate(addr: SocketAddr) -> Result<Self> {
+        if addr.port() == 0 {
+            return Err(BootstrapError::Invalid("an id made ahead of rank 0 needs a fixed port (0 picks one only when rank 0 listens)".into()));
+        }
+        Ok(Self { addr, secret: random_secret()? })
+    }
+
     /// The address rank 0 listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
+}
+
+fn random_secret() -> Result<[u8; 32]> {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| BootstrapError::Invalid(format!("no random source for the secret: {e}")))?;
+    Ok(secret)
+}
+
+/// The environment a launcher sets for each rank's process
+/// ([`Bootstrap::from_env`]).
+pub mod env {
+    /// This process's rank, `0..world`.
+    pub const RANK: &str = "FLASHCOMM_RANK";
+    /// The number of ranks.
+    pub const WORLD_SIZE: &str = "FLASHCOMM_WORLD_SIZE";
+    /// The [`UniqueId`](super::UniqueId) in its text form, the same for
+    /// every rank (rank 0 listens at its address).
+    pub const UNIQUE_ID: &str = "FLASHCOMM_UNIQUE_ID";
 }
 
 /// Rank 0's listening socket and the id that names it.
@@ -178,9 +207,14 @@ impl Listener {
     pub fn bind(addr: SocketAddr) -> Result<Self> {
         let socket = TcpListener::bind(addr).map_err(io("bind"))?;
         let addr = socket.local_addr().map_err(io("local address"))?;
-        let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret).map_err(|e| BootstrapError::Invalid(format!("no random source for the secret: {e}")))?;
-        Ok(Self { id: UniqueId { addr, secret }, socket })
+        Ok(Self { id: UniqueId { addr, secret: random_secret()? }, socket })
+    }
+
+    /// Listens at the address of an id a launcher made
+    /// ([`UniqueId::generate`]), with its secret.
+    pub fn for_id(id: &UniqueId) -> Result<Self> {
+        let socket = TcpListener::bind(id.addr).map_err(io("bind the id's address"))?;
+        Ok(Self { id: id.clone(), socket })
     }
 
     /// The id to hand to the other ranks.
@@ -488,6 +522,24 @@ impl Bootstrap {
             }
             Message::Abort { rank: who, why } => Err(BootstrapError::Aborted { rank: who as usize, why }),
             other => Err(BootstrapError::Malformed { from: "rank 0".into(), why: format!("expected the table of {world} payloads, got {}", kind(&other)) }),
+        }
+    }
+
+    /// The rendezvous of a process that a launcher started with
+    /// [`env::RANK`], [`env::WORLD_SIZE`] and [`env::UNIQUE_ID`] (one id,
+    /// made by [`UniqueId::generate`], for every rank): rank 0 listens at
+    /// the id's address ([`Bootstrap::root`]), the others join it
+    /// ([`Bootstrap::join`]). A variable that is missing or does not parse
+    /// is [`BootstrapError::Invalid`] naming it.
+    pub fn from_env(identity: &Identity, payload: &[u8], timeout: Duration) -> Result<(Self, Vec<Vec<u8>>)> {
+        let var = |name: &str| std::env::var(name).map_err(|_| BootstrapError::Invalid(format!("{name} is not set (or not UTF-8)")));
+        let number = |name: &str| var(name)?.trim().parse::<usize>().map_err(|_| BootstrapError::Invalid(format!("{name} is not a number")));
+        let (rank, world, id) = (number(env::RANK)?, number(env::WORLD_SIZE)?, var(env::UNIQUE_ID)?.trim().parse::<UniqueId>()?);
+        check_world(rank, world)?;
+        if rank == 0 {
+            Self::root(Listener::for_id(&id)?, world, identity, payload, timeout)
+        } else {
+            Self::join(&id, rank, world, identity, payload, timeout)
         }
     }
 
@@ -802,6 +854,19 @@ mod tests {
         // Two ranks claiming rank 1.
         let (root, _) = meet(Listener::loopback().unwrap(), 3, |id, _| Bootstrap::join(id, 1, 3, &identity(), b"p", T));
         assert!(matches!(root, Err(BootstrapError::Mismatch { rank: 1, ref what }) if what.contains("twice")), "{root:?}");
+    }
+
+    /// A launcher's id (fixed port, made before any rank): rank 0 listens
+    /// at it with its secret, a stranger's secret is not accepted, and a
+    /// port-0 id is refused.
+    #[test]
+    fn an_id_made_ahead_works_and_keeps_its_secret() {
+        let free = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let id = UniqueId::generate(free).unwrap();
+        let (root, joined) = meet(Listener::for_id(&id).unwrap(), 2, |id, r| Bootstrap::join(id, r, 2, &identity(), b"p", T));
+        assert!(root.is_ok() && joined.iter().all(Result::is_ok), "{root:?}");
+        assert_ne!(UniqueId::generate(free).unwrap().secret, id.secret);
+        assert!(matches!(UniqueId::generate("127.0.0.1:0".parse().unwrap()), Err(BootstrapError::Invalid(_))));
     }
 
     /// After the rendezvous, a peer's oversized or undecodable frame, or a

@@ -57,6 +57,7 @@ fn main() {
         ("reliability::mismatch_without_watchdog_ends", 1, reliability::mismatch_without_watchdog_ends),
         ("reliability::recover_keeps_unreported_errors", 1, reliability::recover_keeps_unreported_errors),
         ("process::random_cases_bit_exact", 2, process::random_cases_bit_exact),
+        ("process::one_visible_gpu_per_process_bit_exact", 2, process::one_visible_gpu_per_process_bit_exact),
         ("process::shared_gpu_processes_bit_exact", 1, process::shared_gpu_processes_bit_exact),
         ("process::killed_rank_is_an_error", 1, process::killed_rank_is_an_error),
         ("process::never_calling_rank_times_out", 1, process::never_calling_rank_times_out),

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 /// Set in a rank process: `<mode> <rank> <devices, comma-separated> <seed> [<id>]`.
 pub const RANK_ENV: &str = "FLASHCOMM_GPU_TEST_RANK";
 const JOIN_TIME: Duration = Duration::from_secs(120);
+/// Set in a rank process that sees only its own GPU (as device 0).
+const ONE_GPU_EACH: &str = "FLASHCOMM_GPU_TEST_ONE_GPU_EACH";
 
 /// What a rank process says on its stdout, one line at a time.
 struct Lines {
@@ -44,11 +46,21 @@ impl Lines {
 /// Starts rank processes `0..world` on `devices` in `mode`: rank 0 first,
 /// then the others with the id it prints.
 fn spawn_ranks(mode: &str, devices: &[usize], seed: u64) -> Result<(Vec<Child>, Lines), libtest_mimic::Failed> {
+    spawn_ranks_seeing(mode, devices, seed, false)
+}
+
+/// [`spawn_ranks`]; with `one_gpu_each`, each process sees only its GPU
+/// (`CUDA_VISIBLE_DEVICES`, as launchers set it) and uses it as device 0.
+fn spawn_ranks_seeing(mode: &str, devices: &[usize], seed: u64, one_gpu_each: bool) -> Result<(Vec<Child>, Lines), libtest_mimic::Failed> {
     let (tx, rx) = channel();
     let lines = Lines { rx };
     let list = devices.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",");
     let spawn = |rank: usize, id: &str| -> Result<Child, libtest_mimic::Failed> {
-        let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        let mut command = Command::new(std::env::current_exe().expect("test binary"));
+        if one_gpu_each {
+            command.env("CUDA_VISIBLE_DEVICES", devices[rank].to_string()).env(ONE_GPU_EACH, "1");
+        }
+        let mut child = command
             .env(RANK_ENV, format!("{mode} {rank} {list} {seed} {id}").trim_end())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -125,6 +137,15 @@ pub fn random_cases_bit_exact() -> TestResult {
     Ok(())
 }
 
+/// Each process sees only its own GPU (`CUDA_VISIBLE_DEVICES`, as
+/// launchers set it): ranks tell GPUs apart by UUID, and IPC maps a GPU the
+/// process cannot see. Bit-exact as above.
+pub fn one_visible_gpu_per_process_bit_exact() -> TestResult {
+    let seed = seed("process::one_visible_gpu_per_process_bit_exact");
+    let (children, _lines) = spawn_ranks_seeing("cases", &[0, 1], seed, true)?;
+    wait_all(children, Duration::from_secs(400), "W=2, one visible GPU per process")
+}
+
 /// Two processes on one GPU (`Config::shared_devices`): the driver
 /// time-slices their contexts, and the collectives stay bit-exact.
 pub fn shared_gpu_processes_bit_exact() -> TestResult {
@@ -191,7 +212,8 @@ fn run_child(spec: &str) -> TestResult {
     let parts: Vec<&str> = spec.split(' ').collect();
     let (mode, rank, seed) = (parts[0], parts[1].parse::<usize>()?, parts[3].parse::<u64>()?);
     let devices: Vec<usize> = parts[2].split(',').map(str::parse).collect::<Result<_, _>>()?;
-    let (world, device) = (devices.len(), devices[rank]);
+    let world = devices.len();
+    let device = if std::env::var(ONE_GPU_EACH).is_ok() { 0 } else { devices[rank] };
     let shared = (1..world).any(|i| devices[..i].contains(&devices[i]));
     let base = Config { shared_devices: shared, ..exact_config() };
     let config = match mode {
