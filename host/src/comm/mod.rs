@@ -1,6 +1,9 @@
-//! The [`Communicator`]: one rank per GPU of this process, peer-mapped
-//! staging and flag memory, one stream per rank, and the all-reduce entry
-//! points.
+//! The [`Communicator`]: ranks on GPUs, all in this process
+//! ([`Communicator::new`]) or one per process ([`Communicator::init_rank`]),
+//! peer-mapped staging and flag memory, one stream per rank, and the
+//! all-reduce entry points. Everything below acts on this process's ranks
+//! ([`Communicator::local_ranks`]); with one process per rank the others
+//! are reached through their mapped memory and the bootstrap's connections.
 //!
 //! # Ordering contract (as NCCL's)
 //! Every rank must issue the same sequence of collectives (same lengths,
@@ -63,7 +66,9 @@
 //!
 //! # Files
 //! This file: the types, the entry points and error handling; `setup.rs`:
-//! creation (contexts, peer access, buffers, residency); `launch.rs`: the
+//! creation in one process (contexts, peer access, buffers, residency);
+//! `process.rs`: creation with one process per rank (CUDA IPC, the watcher
+//! of the other processes, collective `recover()` and drop); `launch.rs`: the
 //! kernel launches of one rank's call (plan, arguments, pieces, grid);
 //! `tuning.rs`: the measured `Auto` thresholds.
 mod launch;
@@ -148,8 +153,8 @@ struct PeerPointers {
     oneshot_stride: usize,
 }
 
-/// A group of GPUs of this process that all-reduce together; see the
-/// [module docs](self).
+/// A group of GPUs that all-reduce together, driven from this process
+/// (every rank) or from one process per rank; see the [module docs](self).
 ///
 /// ```no_run
 /// use flashcomm::{Communicator, Config, Quantization, KERNELS};
@@ -738,6 +743,12 @@ impl Communicator {
     /// before `recover()` did not complete on every rank (report their
     /// errors with `synchronize`), and all ranks continue with the same
     /// next call.
+    ///
+    /// With one process per rank ([`Communicator::init_rank`]) `recover()`
+    /// is collective: every rank's process must call it; each waits (up to
+    /// 10 s) until every process has stopped its kernels, and again until
+    /// every process has reset its flags. It fails when a peer's process
+    /// has ended: then the communicator stays unusable (make a new one).
     pub fn recover(&self) -> Result<()> {
         self.recovering.store(true, Ordering::SeqCst);
         let recovered = self.recover_locked();
