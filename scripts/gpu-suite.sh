@@ -3,7 +3,7 @@
 #
 #   scripts/gpu-suite.sh stage            # here: build release test/bench/main binaries, packed into .gpu-stage/bins.tar.gz
 #                                         #   (STAGE_EXTRA="f1 f2": variant binaries or wrappers named bench-<name>, packed too)
-#   scripts/gpu-suite.sh remote [WHAT..]  # on the GPU host (repo root): run them; WHAT = tests | sanitize | tests-old | bench | bench-graphs | bench-procs | bench-procs-graphs | example-procs | bench-phases | bench-transports | bench-pieces | bench-variants | torch | main | startup | candle
+#   scripts/gpu-suite.sh remote [WHAT..]  # on the GPU host (repo root): run them; WHAT = tests | sanitize | tests-old | bench | bench-graphs | bench-procs | bench-procs-graphs | example-procs | bench-tp-layer | bench-phases | bench-transports | bench-pieces | bench-variants | torch | main | startup | candle
 #
 # With the device tool: stage, then run
 #   bash scripts/gpu-suite.sh remote tests bench     (carry: [".gpu-stage"])
@@ -29,6 +29,7 @@ stage)
       case "$(basename "$e")" in
         flashcomm) cp "$e" "$stage/flashcomm" ;;
         allreduce-*) cp "$e" "$stage/bench-allreduce" ;;
+        tp_layer-*) cp "$e" "$stage/bench-tp-layer" ;;
         one_process_per_gpu) cp "$e" "$stage/one-process-per-gpu" ;;
       esac
     done
@@ -69,6 +70,15 @@ remote)
   if nccl_dir=$(python3 -c 'import nvidia.nccl,os;print(os.path.join(nvidia.nccl.__path__[0],"lib"))' 2>/dev/null); then
     mkdir -p /tmp/flashcomm-nccl && ln -sf "$nccl_dir/libnccl.so.2" /tmp/flashcomm-nccl/libnccl.so
     export LD_LIBRARY_PATH="/tmp/flashcomm-nccl:$nccl_dir:${LD_LIBRARY_PATH:-}"
+  fi
+  # cuBLAS (the TP layer benchmark) from Python's nvidia-cublas, under the
+  # first name cudarc tries.
+  if cublas_dir=$(python3 -c 'import nvidia.cublas,os;print(os.path.join(nvidia.cublas.__path__[0],"lib"))' 2>/dev/null); then
+    cublas_so=$(ls "$cublas_dir"/libcublas.so.* 2>/dev/null | head -1)
+    if [ -n "$cublas_so" ]; then
+      mkdir -p /tmp/flashcomm-cublas && ln -sf "$cublas_so" /tmp/flashcomm-cublas/libcublas.so
+      export LD_LIBRARY_PATH="/tmp/flashcomm-cublas:$cublas_dir:${LD_LIBRARY_PATH:-}"
+    fi
   fi
   ngpu=$(nvidia-smi -L | wc -l)
   {
@@ -125,6 +135,9 @@ remote)
         mkdir -p "$out/graphs"
         timeout 900 "$stage/bench-allreduce" --no-progress --graphs "${GRAPH_CALLS:-10}" --out "$out/graphs" ${BENCH_ARGS:-} 2>&1 \
           | tee "$out/graphs.log" || status=1 ;;
+      bench-tp-layer)
+        # A Llama-3-70B layer at TP = 2: cuBLAS GEMMs and the two all-reduces.
+        timeout 900 "$stage/bench-tp-layer" --out "$out/tp-layer" ${TP_LAYER_ARGS:-} 2>&1 | tee "$out/tp-layer.log" || status=1 ;;
       example-procs)
         # examples/one_process_per_gpu.rs: its own launcher, one process per GPU.
         timeout 300 "$stage/one-process-per-gpu" 2>&1 | tee "$out/example-procs.log" || status=1 ;;

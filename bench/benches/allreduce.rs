@@ -136,6 +136,10 @@ fn launch_ranks(args: &[String], world: usize) -> bool {
     }
     let mut ok = root.wait().is_ok_and(|s| s.success());
     for mut child in others {
+        if !ok {
+            // Rank 0 failed: the others may wait for it (NCCL has no deadline).
+            let _ = child.kill();
+        }
         ok &= child.wait().is_ok_and(|s| s.success());
     }
     ok

@@ -26,6 +26,8 @@ use half::bf16;
 use serde::Serialize;
 use std::path::Path;
 
+pub mod tp_layer;
+
 /// NCCL over a [`Communicator`]'s GPUs and streams, timed exactly like
 /// flashcomm's calls.
 pub struct NcclBaseline {
@@ -47,9 +49,13 @@ impl NcclBaseline {
         Ok(Self { comms: NcclComms::init_rank(comm.stream(rank)?.clone(), rank, comm.world_size(), nccl_id)? })
     }
 
-    /// Out-of-place sum over this process's ranks, issued from this thread in one group.
-    pub fn all_reduce(&self, inputs: &[CudaSlice<bf16>], outputs: &mut [CudaSlice<bf16>]) -> flashcomm::Result<()> {
-        use flashcomm::cudarc::driver::{DevicePtr, DevicePtrMut};
+    /// Out-of-place sum over this process's ranks, issued from this thread in
+    /// one group (buffers or views).
+    pub fn all_reduce(
+        &self,
+        inputs: &[impl flashcomm::cudarc::driver::DevicePtr<bf16>],
+        outputs: &mut [impl flashcomm::cudarc::driver::DevicePtrMut<bf16>],
+    ) -> flashcomm::Result<()> {
         let world = self.comms.world_size();
         if inputs.len() != world || outputs.len() != world {
             return Err(flashcomm::Error::BufferCount { world, got: inputs.len().min(outputs.len()) });
@@ -687,7 +693,7 @@ pub fn human_bytes(b: usize) -> String {
     }
 }
 
-fn utc_date() -> String {
+pub(crate) fn utc_date() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let days = secs / 86_400;
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

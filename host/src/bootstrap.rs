@@ -628,21 +628,19 @@ impl Bootstrap {
     }
 }
 
-/// Whether the peer at the other end of `link` has ended: its connection
-/// was closed or reset. Never blocks and consumes nothing (a frame the
-/// peer sent stays for the next `receive`).
+/// Whether the peer at the other end of `link` has ended: it closed its
+/// side (its process ended, or dropped the bootstrap) or the connection was
+/// reset, even while frames it sent earlier are still unread here. Never
+/// blocks and reads nothing (those frames stay for the next `receive`).
+/// `poll` rather than a peek at the data: a peek sees the first unread
+/// byte, not the end behind it.
 pub fn peer_ended(link: &TcpStream) -> bool {
     use std::os::fd::AsRawFd;
-    let mut byte = 0u8;
-    // SAFETY: a valid socket descriptor (owned by `link`) and a one-byte
-    // buffer; MSG_PEEK leaves the data queued, MSG_DONTWAIT does not block
-    // whatever the socket's mode.
-    let got = unsafe { libc::recv(link.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
-    match got {
-        0 => true,
-        n if n > 0 => false,
-        _ => !matches!(std::io::Error::last_os_error().kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted),
-    }
+    let mut fd = libc::pollfd { fd: link.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
+    // SAFETY: one valid pollfd of a descriptor `link` owns; timeout 0
+    // (does not block).
+    let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+    ready > 0 && fd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
 }
 
 /// How long a new connection has to send its hello.
@@ -867,6 +865,25 @@ mod tests {
         assert!(root.is_ok() && joined.iter().all(Result::is_ok), "{root:?}");
         assert_ne!(UniqueId::generate(free).unwrap().secret, id.secret);
         assert!(matches!(UniqueId::generate("127.0.0.1:0".parse().unwrap()), Err(BootstrapError::Invalid(_))));
+    }
+
+    /// `peer_ended` sees a peer's end even behind a frame it sent that is
+    /// still unread, reads nothing, and says nothing of a live peer.
+    #[test]
+    fn a_peer_that_ended_is_seen_behind_unread_frames() {
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(server.local_addr().unwrap()).unwrap();
+        let (mut accepted, _) = server.accept().unwrap();
+        assert!(!peer_ended(&accepted), "a silent live peer");
+        client.write_all(b"frame").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!peer_ended(&accepted), "a live peer with a frame pending");
+        drop(client);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(peer_ended(&accepted), "a closed peer behind an unread frame");
+        let mut got = [0u8; 5];
+        accepted.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"frame", "the frame was consumed");
     }
 
     /// After the rendezvous, a peer's oversized or undecodable frame, or a

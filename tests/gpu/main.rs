@@ -60,6 +60,8 @@ fn main() {
         ("process::one_visible_gpu_per_process_bit_exact", 2, process::one_visible_gpu_per_process_bit_exact),
         ("process::shared_gpu_processes_bit_exact", 1, process::shared_gpu_processes_bit_exact),
         ("process::killed_rank_is_an_error", 1, process::killed_rank_is_an_error),
+        ("process::killed_root_is_an_error_everywhere", 1, process::killed_root_is_an_error_everywhere),
+        ("process::recover_across_processes", 1, process::recover_across_processes),
         ("process::never_calling_rank_times_out", 1, process::never_calling_rank_times_out),
         // Last: on code without the fix it reads freed memory, which can
         // leave the CUDA context unusable for any test after it.

@@ -310,7 +310,7 @@ impl Communicator {
     fn check_usable(&self) -> Result<()> {
         match &*lock(&self.poisoned) {
             Some(why) => Err(Error::Poisoned(why.clone())),
-            None => Ok(()),
+            None => self.processes_usable().map_err(|e| Error::Poisoned(e.to_string())),
         }
     }
 
@@ -766,8 +766,12 @@ impl Communicator {
             }
         }
         // Ranks in other processes: every one has stopped its kernels
-        // before any zeroes flags that those kernels could still write.
-        self.all_processes_stopped()?;
+        // before any zeroes flags that those kernels could still write. A
+        // failed round leaves the communicator unusable for good.
+        if let Err(e) = self.all_processes_stopped() {
+            lock(&self.poisoned).get_or_insert_with(|| format!("recover() failed across processes: {e}"));
+            return Err(e);
+        }
         for (rank, (r, memory)) in self.ranks.iter().zip(&self.memory.ranks).enumerate() {
             let mut word = [0u32];
             memory.sync.read_words(&r.stream, sync_area::ERROR, &mut word)?;
@@ -780,24 +784,30 @@ impl Communicator {
         for (r, memory) in self.ranks.iter().zip(&self.memory.ranks) {
             memory.sync.zero(&r.stream)?;
         }
-        self.all_processes_zeroed()?;
+        if let Err(e) = self.all_processes_zeroed() {
+            lock(&self.poisoned).get_or_insert_with(|| format!("recover() failed across processes: {e}"));
+            return Err(e);
+        }
         let _errors = lock(&self.errors);
         self.recoveries.fetch_add(1, Ordering::SeqCst);
         *lock(&self.poisoned) = None;
+        // A peer's process that ended meanwhile keeps it unusable.
+        self.processes_usable()?;
         crate::driver::graph::drop_released();
         Ok(())
     }
 
     /// Stops every rank's collectives that are running or queued: the host
-    /// writes an abort word into every poison slot of every rank (on a
-    /// stream of its own, so it lands while kernels spin), which kernels
-    /// check at entry and while they wait (docs/design.md R6).
+    /// writes an abort word into every poison slot of every rank of this
+    /// process (on a stream of its own, so it lands while kernels spin),
+    /// which kernels check at entry and while they wait (docs/design.md R6);
+    /// with one process per rank, also into this rank's slot of every peer.
     fn abort_kernels(&self) -> Result<()> {
         let abort = [ErrorWord::new(ErrorWord::KIND_ABORTED, 0, 0, 0).0; MAX_WORLD];
         for (r, memory) in self.ranks.iter().zip(&self.memory.ranks) {
             memory.sync.write_words(r.abort_stream.stream(), sync_area::POISON, &abort[..self.world_size()])?;
         }
-        Ok(())
+        self.abort_peer_processes()
     }
 
     /// This rank's launch lock; another thread holding it is a second call

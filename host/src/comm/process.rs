@@ -80,23 +80,37 @@ pub(super) struct ProcessGroup {
     bootstrap: Mutex<Bootstrap>,
     /// Set before the closing barrier: the peers' connections end on purpose.
     closing: Arc<AtomicBool>,
-    /// The first peer whose process the watcher saw end (`usize::MAX`: none).
+    /// The first peer whose process the watcher saw end (`u64::MAX`: none).
     ended: Arc<AtomicU64>,
+    /// A round with the other processes failed: they may be anywhere, so
+    /// the communicator is unusable for good.
+    broken: AtomicBool,
     watcher: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ProcessGroup {
-    /// Every process has reached this point (before `timeout`); fails at
-    /// once when a peer's process has ended.
-    fn barrier(&self, timeout: Duration) -> Result<()> {
-        self.check_alive()?;
-        lock(&self.bootstrap).barrier(timeout)?;
-        Ok(())
+    /// Every process has reached the round `tag` (before `timeout`); fails
+    /// at once when a peer's process has ended, and on a peer at another
+    /// round. A failure tells the peers and leaves the group unusable.
+    fn barrier(&self, tag: &str, timeout: Duration) -> Result<()> {
+        self.exchange(tag, &[], timeout).map(|_| ())
     }
 
-    /// Fails when the watcher saw a peer's process end.
-    fn check_alive(&self) -> Result<()> {
+    /// Every rank's `data` at round `tag` ([`Self::barrier`]'s rules).
+    fn exchange(&self, tag: &str, data: &[u8], timeout: Duration) -> Result<Vec<Vec<u8>>> {
+        let mut boot = lock(&self.bootstrap);
+        let exchanged = self.check_alive().and_then(|_| round(&mut boot, tag, data, timeout));
+        if let Err(e) = &exchanged {
+            self.broken.store(true, Ordering::SeqCst);
+            boot.abort(&e.to_string());
+        }
+        exchanged
+    }
+
+    /// Fails when the watcher saw a peer's process end, or a round failed.
+    pub(super) fn check_alive(&self) -> Result<()> {
         match self.ended.load(Ordering::SeqCst) {
+            u64::MAX if self.broken.load(Ordering::SeqCst) => Err(Error::Poisoned("a round with the other processes failed earlier; make a new communicator".into())),
             u64::MAX => Ok(()),
             rank => Err(Error::PeerProcess { rank: rank as usize, why: "its process ended (its connection closed)".into() }),
         }
@@ -106,12 +120,31 @@ impl ProcessGroup {
     /// connections and the watcher.
     fn close(&mut self) {
         self.closing.store(true, Ordering::SeqCst);
-        let _ = self.barrier(CLOSE_TIME);
+        let _ = self.barrier("close", CLOSE_TIME);
         lock(&self.bootstrap).shutdown();
         if let Some(watcher) = self.watcher.take() {
             let _ = watcher.join();
         }
     }
+}
+
+/// One all-gather round of the rounds ranks in separate processes take
+/// part in, named by `tag`: every part must carry the same tag (a peer at
+/// another round is out of step: an error naming it, never a wrong pairing).
+fn round(boot: &mut Bootstrap, tag: &str, data: &[u8], timeout: Duration) -> Result<Vec<Vec<u8>>> {
+    let prefix = [tag.as_bytes(), &[0]].concat();
+    let parts = boot.all_gather(&[&prefix[..], data].concat(), timeout)?;
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(rank, part)| match part.strip_prefix(&prefix[..]) {
+            Some(rest) => Ok(rest.to_vec()),
+            None => {
+                let theirs = String::from_utf8_lossy(part.split(|&b| b == 0).next().unwrap_or_default()).into_owned();
+                Err(Error::PeerProcess { rank, why: format!("out of step: at round {theirs:?} while this rank is at {tag:?}") })
+            }
+        })
+        .collect()
 }
 
 impl Communicator {
@@ -191,10 +224,10 @@ impl Communicator {
         };
         let encoded = postcard::to_allocvec(&card).map_err(|e| Error::InvalidConfig(format!("encoding this rank's card: {e}")))?;
         // 2. Every card, checked; the peers' buffers mapped here.
-        let cards = decode_cards(&boot.all_gather(&encoded, SETUP_TIME)?)?;
+        let cards = decode_cards(&round(&mut boot, "cards", &encoded, SETUP_TIME)?)?;
         check_cards(&cards, &card, index, &config)?;
         let imported = open_peer_buffers(&rank, &cards, index);
-        let imported = agree(&mut boot, imported)?;
+        let imported = agree(&mut boot, "mapped", imported)?;
         let own = &memory.ranks[0];
         let own_ptrs = [own.staging_in.ptr(), own.staging_out.ptr(), own.oneshot.ptr(), own.sync.ptr()];
         let column = |b: usize| {
@@ -214,10 +247,9 @@ impl Communicator {
         rank.barrier.sync = column(3);
         memory.imported = imported.into_iter().flatten().collect();
         // 3. The probe, 4. zeroed flags everywhere before any launch.
-        let probed = probe_peers(&mut boot, &rank, &memory.ranks[0]);
-        agree(&mut boot, probed)?;
+        probe_peers(&mut boot, &rank, &memory.ranks[0])?;
         let zeroed = memory.ranks[0].sync.zero(&rank.stream);
-        agree(&mut boot, zeroed)?;
+        agree(&mut boot, "zeroed", zeroed)?;
         // 5. NCCL when every rank can.
         #[cfg(feature = "nccl")]
         if cards.iter().all(|c| c.nccl) {
@@ -249,7 +281,7 @@ impl Communicator {
             errors: Mutex::new(vec![RankErrors::default()]),
             ranks: vec![rank],
             world,
-            group: Some(ProcessGroup { bootstrap: Mutex::new(boot), closing, ended, watcher: Some(watcher) }),
+            group: Some(ProcessGroup { bootstrap: Mutex::new(boot), closing, ended, broken: AtomicBool::new(false), watcher: Some(watcher) }),
             memory,
             peers,
             config,
@@ -272,19 +304,45 @@ impl Communicator {
     /// communicator of one process ([`Communicator::new`]).
     pub fn all_gather_host(&self, data: &[u8], timeout: Duration) -> Result<Vec<Vec<u8>>> {
         let group = self.group.as_ref().ok_or_else(|| Error::InvalidConfig("all_gather_host needs ranks in separate processes (Communicator::init_rank)".into()))?;
-        group.check_alive()?;
-        Ok(lock(&group.bootstrap).all_gather(data, timeout)?)
+        group.exchange("host", data, timeout)
     }
 
     /// `recover()`'s part across processes, once this process's kernels
     /// have stopped: every process's have (before any zeroes its flags).
     pub(super) fn all_processes_stopped(&self) -> Result<()> {
-        self.group.as_ref().map_or(Ok(()), |g| g.barrier(CLOSE_TIME))
+        self.group.as_ref().map_or(Ok(()), |g| g.barrier("recover: kernels stopped", CLOSE_TIME))
     }
 
     /// Every process has zeroed its flags (before any launches again).
     pub(super) fn all_processes_zeroed(&self) -> Result<()> {
-        self.all_processes_stopped()
+        self.group.as_ref().map_or(Ok(()), |g| g.barrier("recover: flags zeroed", CLOSE_TIME))
+    }
+
+    /// With one process per rank, `abort_kernels`'s part for the others:
+    /// this rank's poison slot in every peer's sync area (through the
+    /// mappings) says it aborted, so a peer's kernel that waits for this
+    /// rank stops too (as a kernel that fails tells every rank), whether or
+    /// not a kernel of this rank is running to pass it on.
+    pub(super) fn abort_peer_processes(&self) -> Result<()> {
+        let Some(_) = &self.group else { return Ok(()) };
+        let r = &self.ranks[0];
+        let word = [ErrorWord::new(ErrorWord::KIND_ABORTED, 0, r.index as u32, 0).0];
+        let stream = r.abort_stream.stream();
+        r.ctx.bind_to_thread()?;
+        for peer in (0..self.world).filter(|&p| p != r.index) {
+            // SAFETY: one word inside the peer's sync area (POISON + index <
+            // sync_area::WORDS), mapped in this context and kept mapped by
+            // `self.memory`; `word` outlives the copy (waited for below).
+            unsafe { driver::memory::write_words_async(r.barrier.sync[peer] + 4 * (sync_area::POISON + r.index) as u64, &word, stream.cu_stream())? };
+        }
+        stream.synchronize()?;
+        Ok(())
+    }
+
+    /// Whether calls may go ahead as far as the other processes go: none
+    /// has ended, and no round with them failed.
+    pub(super) fn processes_usable(&self) -> Result<()> {
+        self.group.as_ref().map_or(Ok(()), |g| g.check_alive())
     }
 
     /// Drop's part across processes (after this process's streams are idle).
@@ -355,6 +413,13 @@ fn check_cards(cards: &[RankCard], mine: &RankCard, index: usize, config: &Confi
             return Err(mismatch(format!("{} kernels against {}", c.capacity.len(), mine.capacity.len())));
         }
     }
+    // Every handle once: each is opened once, and closed once by its mapping.
+    let mut handles: Vec<&[u8]> = cards.iter().flat_map(|c| c.buffers.iter().map(|b| b.0.as_slice())).collect();
+    handles.sort();
+    if handles.windows(2).any(|w| w[0] == w[1]) {
+        let rank = cards.iter().position(|c| c.buffers.iter().any(|b| cards.iter().flat_map(|d| &d.buffers).filter(|e| e.0 == b.0).count() > 1)).unwrap_or(0);
+        return Err(BootstrapError::Mismatch { rank, what: "an IPC handle that another buffer also has".into() }.into());
+    }
     if !config.shared_devices {
         for (r, c) in cards.iter().enumerate() {
             if let Some(first) = cards[..r].iter().position(|d| d.gpu_uuid == c.gpu_uuid) {
@@ -388,15 +453,30 @@ fn open_peer_buffers(rank: &Rank, cards: &[RankCard], index: usize) -> Result<Ve
 
 /// One real store and load by a kernel from this rank into every other
 /// rank's sync area (docs/design.md R12), and a check of what every other
-/// rank stored here.
+/// rank stored here: three rounds every rank takes part in, whatever
+/// failed, so all agree on the outcome.
 fn probe_peers(boot: &mut Bootstrap, rank: &Rank, memory: &super::RankMemory) -> Result<()> {
     let (me, world) = (rank.index, boot.world());
     let pattern = |owner: usize, reader: usize| 0x5EED_0000 | (owner as u32) << 8 | reader as u32;
     let token = |writer: usize, owner: usize| 0xC0DE_0000 | (writer as u32) << 8 | owner as u32;
-    for reader in (0..world).filter(|&r| r != me) {
-        memory.sync.write_words(&rank.stream, PROBE_SLOTS + 2 * reader, &[0, pattern(me, reader)])?;
+    let written = (0..world).filter(|&r| r != me).try_for_each(|reader| memory.sync.write_words(&rank.stream, PROBE_SLOTS + 2 * reader, &[0, pattern(me, reader)]));
+    agree(boot, "probe: patterns written", written)?;
+    let probed = probe_loads(rank, memory, world, pattern, token);
+    agree(boot, "probe: loads and stores done", probed)?;
+    let mut stored = Ok(());
+    for writer in (0..world).filter(|&r| r != me) {
+        let mut written = [0u32];
+        stored = stored.and_then(|_| memory.sync.read_words(&rank.stream, PROBE_SLOTS + 2 * writer, &mut written));
+        if stored.is_ok() && written[0] != token(writer, me) {
+            stored = Err(Error::PeerProcess { rank: writer, why: format!("its probe stored {:#x} here, expected {:#x}", written[0], token(writer, me)) });
+        }
     }
-    boot.barrier(SETUP_TIME)?;
+    agree(boot, "probe: stores checked", stored)
+}
+
+/// The probe kernel of this rank against every other rank's sync area.
+fn probe_loads(rank: &Rank, memory: &super::RankMemory, world: usize, pattern: impl Fn(usize, usize) -> u32, token: impl Fn(usize, usize) -> u32) -> Result<()> {
+    let me = rank.index;
     let probe = memory.kernels.get(KernelId::PeerProbe)?;
     for owner in (0..world).filter(|&r| r != me) {
         memory.sync.write_words(&rank.stream, sync_area::PROBE, &[0])?;
@@ -418,25 +498,17 @@ fn probe_peers(boot: &mut Bootstrap, rank: &Rank, memory: &super::RankMemory) ->
             return Err(Error::PeerProcess { rank: owner, why: format!("the probe read {:#x} from its memory, expected {:#x}", seen[0], pattern(owner, me)) });
         }
     }
-    boot.barrier(SETUP_TIME)?;
-    for writer in (0..world).filter(|&r| r != me) {
-        let mut written = [0u32];
-        memory.sync.read_words(&rank.stream, PROBE_SLOTS + 2 * writer, &mut written)?;
-        if written[0] != token(writer, me) {
-            return Err(Error::PeerProcess { rank: writer, why: format!("its probe stored {:#x} here, expected {:#x}", written[0], token(writer, me)) });
-        }
-    }
     Ok(())
 }
 
-/// Every rank learns whether every rank's step succeeded: this rank's
-/// error, or the first other rank's, as [`Error::PeerProcess`].
-fn agree<T>(boot: &mut Bootstrap, mine: Result<T>) -> Result<T> {
+/// Every rank learns whether every rank's step `tag` succeeded: this
+/// rank's error, or the first other rank's, as [`Error::PeerProcess`].
+fn agree<T>(boot: &mut Bootstrap, tag: &str, mine: Result<T>) -> Result<T> {
     let said = match &mine {
         Ok(_) => vec![0u8],
         Err(e) => [&[1u8][..], e.to_string().as_bytes()].concat(),
     };
-    let all = boot.all_gather(&said, SETUP_TIME)?;
+    let all = round(boot, tag, &said, SETUP_TIME)?;
     let mine = mine?;
     match all.iter().enumerate().find(|(_, s)| s.first() != Some(&0)) {
         Some((rank, s)) => Err(Error::PeerProcess { rank, why: String::from_utf8_lossy(s.get(1..).unwrap_or_default()).into() }),
@@ -465,12 +537,12 @@ fn resident_blocks(cards: &[RankCard]) -> Result<std::collections::HashMap<Kerne
 #[cfg(feature = "nccl")]
 fn init_nccl(boot: &mut Bootstrap, stream: &Arc<CudaStream>, index: usize, world: usize) -> Result<Option<crate::nccl::NcclComms>> {
     let id = if index == 0 { crate::nccl::NcclComms::unique_id().unwrap_or_default() } else { Vec::new() };
-    let ids = boot.all_gather(&id, SETUP_TIME)?;
+    let ids = round(boot, "nccl id", &id, SETUP_TIME)?;
     if ids[0].is_empty() {
         return Ok(None);
     }
     let comms = crate::nccl::NcclComms::init_rank(stream.clone(), index, world, &ids[0]);
-    let all = boot.all_gather(&[comms.is_ok() as u8], SETUP_TIME)?;
+    let all = round(boot, "nccl ready", &[comms.is_ok() as u8], SETUP_TIME)?;
     Ok(if all.iter().all(|ok| ok == &[1]) { comms.ok() } else { None })
 }
 
