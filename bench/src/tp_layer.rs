@@ -278,9 +278,10 @@ impl Layer<'_> {
         Ok(())
     }
 
-    /// Median time per layer of `parts` with `reducer`, microseconds (the
-    /// longest rank of each sample).
-    fn time(&mut self, reducer: Reducer, parts: Parts, layers: usize, iters: usize) -> flashcomm::Result<f64> {
+    /// Per-layer times of `iters` samples of `parts` with `reducer`,
+    /// microseconds (the longest rank of each sample), after two untimed
+    /// layers.
+    fn samples(&mut self, reducer: Reducer, parts: Parts, layers: usize, iters: usize) -> flashcomm::Result<Vec<f64>> {
         let world = self.ranks.blas.len();
         for _ in 0..2 {
             self.run(reducer, parts)?;
@@ -308,10 +309,28 @@ impl Layer<'_> {
             }
             samples.push(longest / layers as f64);
         }
-        samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        Ok(samples[samples.len() / 2])
+        Ok(samples)
+    }
+
+    /// Whole layers for at least `time` (GPU clocks up, cuBLAS warm).
+    fn warm_up(&mut self, reducer: Reducer, time: std::time::Duration) -> flashcomm::Result<()> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < time {
+            self.run(reducer, Parts::Whole)?;
+            self.comm.synchronize()?;
+        }
+        Ok(())
     }
 }
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Rounds of samples per token count (each contender's samples spread
+/// over them).
+const ROUNDS: usize = 4;
 
 /// Runs `opts` on GPUs `0..world`; rows in measurement order.
 pub fn run(opts: &LayerOptions, shape: LayerShape, command: &str) -> flashcomm::Result<LayerReport> {
@@ -344,14 +363,26 @@ pub fn run(opts: &LayerOptions, shape: LayerShape, command: &str) -> flashcomm::
         // The buffers hold `max_t` tokens; the GEMMs and all-reduces use
         // the first `tokens` rows.
         layer.tokens = tokens;
-        let mut nccl_times = None;
-        for &reducer in &opts.reducers {
-            if reducer == Reducer::Nccl && layer.nccl.is_none() {
-                continue;
+        let reducers: Vec<Reducer> = opts.reducers.iter().copied().filter(|&r| r != Reducer::Nccl || layer.nccl.is_some()).collect();
+        layer.warm_up(reducers[0], std::time::Duration::from_millis(500))?;
+        // Rounds in turn over the reducers, so that drift (clocks, heat)
+        // reaches every contender alike; the GEMMs alone once per round.
+        let per_round = opts.iters.div_ceil(ROUNDS);
+        let mut whole: Vec<Vec<f64>> = vec![Vec::new(); reducers.len()];
+        let mut alone: Vec<Vec<f64>> = vec![Vec::new(); reducers.len()];
+        let mut gemms = Vec::new();
+        for _ in 0..ROUNDS {
+            gemms.extend(layer.samples(reducers[0], Parts::GemmsOnly, opts.layers, per_round)?);
+            for (i, &reducer) in reducers.iter().enumerate() {
+                whole[i].extend(layer.samples(reducer, Parts::Whole, opts.layers, per_round)?);
+                alone[i].extend(layer.samples(reducer, Parts::CommOnly, opts.layers, per_round)?);
             }
-            let layer_us = layer.time(reducer, Parts::Whole, opts.layers, opts.iters)?;
-            let gemm_us = layer.time(reducer, Parts::GemmsOnly, opts.layers, opts.iters)?;
-            let comm_us = layer.time(reducer, Parts::CommOnly, opts.layers, opts.iters)?;
+        }
+        let gemm_us = median(gemms);
+        let mut nccl_times = None;
+        for (i, &reducer) in reducers.iter().enumerate() {
+            let layer_us = median(std::mem::take(&mut whole[i]));
+            let comm_us = median(std::mem::take(&mut alone[i]));
             if reducer == Reducer::Nccl {
                 nccl_times = Some((layer_us, comm_us));
             }
@@ -380,8 +411,8 @@ pub fn run(opts: &LayerOptions, shape: LayerShape, command: &str) -> flashcomm::
         command: command.to_string(),
         shape,
         method: format!(
-            "TP = {world}, bf16; per layer: QKV, O, all-reduce, gate-up, down, all-reduce (attention core and SwiGLU product not run); cuBLAS GEMMs (cudarc, f32 accumulation); eager, one host thread issuing every rank; CUDA events around {} layers per sample on every rank's stream, sample = longest rank / {}; median of {} samples; the GEMMs alone and the all-reduces alone measured the same way",
-            opts.layers, opts.layers, opts.iters
+            "TP = {world}, bf16; per layer: QKV, O, all-reduce, gate-up, down, all-reduce (attention core and SwiGLU product not run); cuBLAS GEMMs (cudarc, f32 accumulation); eager, one host thread issuing every rank; CUDA events around {} layers per sample on every rank's stream, sample = longest rank / {}; per token count 0.5 s of warm-up layers, then {ROUNDS} rounds over the contenders in turn (whole layer, then the all-reduces alone), the GEMMs alone once per round; median of {} samples each",
+            opts.layers, opts.layers, opts.iters.div_ceil(ROUNDS) * ROUNDS
         ),
         rows,
     })

@@ -23,21 +23,58 @@ const JOIN_TIME: Duration = Duration::from_secs(120);
 /// Set in a rank process that sees only its own GPU (as device 0).
 const ONE_GPU_EACH: &str = "FLASHCOMM_GPU_TEST_ONE_GPU_EACH";
 
-/// What a rank process says on its stdout, one line at a time.
+/// What the rank processes say on their stdout, one line at a time, with
+/// when it arrived; lines not asked for yet are kept.
 struct Lines {
     rx: Receiver<(usize, String, Instant)>,
+    kept: std::cell::RefCell<Vec<(usize, String, Instant)>>,
 }
 
 impl Lines {
-    /// The next line of rank `rank` that starts with `prefix`, within `timeout`.
+    /// The first line of rank `rank` (not taken before) that starts with
+    /// `prefix`, waiting up to `timeout` for it.
     fn expect(&self, rank: usize, prefix: &str, timeout: Duration) -> Result<(String, Instant), libtest_mimic::Failed> {
+        let wanted = |(r, line, _): &(usize, String, Instant)| *r == rank && line.starts_with(prefix);
+        let mut kept = self.kept.borrow_mut();
+        if let Some(i) = kept.iter().position(wanted) {
+            let (_, line, at) = kept.remove(i);
+            return Ok((line, at));
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
-                Ok((r, line, at)) if r == rank && line.starts_with(prefix) => return Ok((line, at)),
-                Ok(_) => {}
+                Ok(got) if wanted(&got) => return Ok((got.1, got.2)),
+                Ok(other) => kept.push(other),
                 Err(_) => return Err(format!("rank {rank} did not say {prefix:?} within {timeout:?}").into()),
+            }
+        }
+    }
+}
+
+/// The rank processes of one test; any still running when it ends (a
+/// failed check included) is killed.
+struct Children(Vec<Child>);
+
+impl std::ops::Deref for Children {
+    type Target = Vec<Child>;
+    fn deref(&self) -> &Vec<Child> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Children {
+    fn deref_mut(&mut self) -> &mut Vec<Child> {
+        &mut self.0
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+                let _ = child.wait();
             }
         }
     }
@@ -45,15 +82,15 @@ impl Lines {
 
 /// Starts rank processes `0..world` on `devices` in `mode`: rank 0 first,
 /// then the others with the id it prints.
-fn spawn_ranks(mode: &str, devices: &[usize], seed: u64) -> Result<(Vec<Child>, Lines), libtest_mimic::Failed> {
+fn spawn_ranks(mode: &str, devices: &[usize], seed: u64) -> Result<(Children, Lines), libtest_mimic::Failed> {
     spawn_ranks_seeing(mode, devices, seed, false)
 }
 
 /// [`spawn_ranks`]; with `one_gpu_each`, each process sees only its GPU
 /// (`CUDA_VISIBLE_DEVICES`, as launchers set it) and uses it as device 0.
-fn spawn_ranks_seeing(mode: &str, devices: &[usize], seed: u64, one_gpu_each: bool) -> Result<(Vec<Child>, Lines), libtest_mimic::Failed> {
+fn spawn_ranks_seeing(mode: &str, devices: &[usize], seed: u64, one_gpu_each: bool) -> Result<(Children, Lines), libtest_mimic::Failed> {
     let (tx, rx) = channel();
-    let lines = Lines { rx };
+    let lines = Lines { rx, kept: Default::default() };
     let list = devices.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",");
     let spawn = |rank: usize, id: &str| -> Result<Child, libtest_mimic::Failed> {
         let mut command = Command::new(std::env::current_exe().expect("test binary"));
@@ -76,14 +113,9 @@ fn spawn_ranks_seeing(mode: &str, devices: &[usize], seed: u64, one_gpu_each: bo
         });
         Ok(child)
     };
-    let mut children = vec![spawn(0, "")?];
-    let id = match lines.expect(0, "id ", JOIN_TIME) {
-        Ok((line, _)) => line["id ".len()..].to_string(),
-        Err(e) => {
-            let _ = children[0].kill();
-            return Err(e);
-        }
-    };
+    let mut children = Children(vec![spawn(0, "")?]);
+    let (line, _) = lines.expect(0, "id ", JOIN_TIME)?;
+    let id = line["id ".len()..].to_string();
     for rank in 1..devices.len() {
         children.push(spawn(rank, &id)?);
     }
@@ -91,7 +123,7 @@ fn spawn_ranks_seeing(mode: &str, devices: &[usize], seed: u64, one_gpu_each: bo
 }
 
 /// Waits for every child (killing all of them after `timeout`); each must exit 0.
-fn wait_all(mut children: Vec<Child>, timeout: Duration, what: &str) -> TestResult {
+fn wait_all(children: &mut [Child], timeout: Duration, what: &str) -> TestResult {
     let deadline = Instant::now() + timeout;
     let mut failures = Vec::new();
     for (rank, child) in children.iter_mut().enumerate() {
@@ -131,8 +163,8 @@ fn devices(world: usize) -> Vec<usize> {
 pub fn random_cases_bit_exact() -> TestResult {
     let seed = seed("process::random_cases_bit_exact");
     for world in [2, 3] {
-        let (children, _lines) = spawn_ranks("cases", &devices(world), seed)?;
-        wait_all(children, Duration::from_secs(400), &format!("W={world}"))?;
+        let (mut children, _lines) = spawn_ranks("cases", &devices(world), seed)?;
+        wait_all(&mut children, Duration::from_secs(400), &format!("W={world}"))?;
     }
     Ok(())
 }
@@ -142,16 +174,16 @@ pub fn random_cases_bit_exact() -> TestResult {
 /// process cannot see. Bit-exact as above.
 pub fn one_visible_gpu_per_process_bit_exact() -> TestResult {
     let seed = seed("process::one_visible_gpu_per_process_bit_exact");
-    let (children, _lines) = spawn_ranks_seeing("cases", &[0, 1], seed, true)?;
-    wait_all(children, Duration::from_secs(400), "W=2, one visible GPU per process")
+    let (mut children, _lines) = spawn_ranks_seeing("cases", &[0, 1], seed, true)?;
+    wait_all(&mut children, Duration::from_secs(400), "W=2, one visible GPU per process")
 }
 
 /// Two processes on one GPU (`Config::shared_devices`): the driver
 /// time-slices their contexts, and the collectives stay bit-exact.
 pub fn shared_gpu_processes_bit_exact() -> TestResult {
     let seed = seed("process::shared_gpu_processes_bit_exact");
-    let (children, _lines) = spawn_ranks("cases", &[0, 0], seed)?;
-    wait_all(children, Duration::from_secs(400), "W=2 on GPU 0")
+    let (mut children, _lines) = spawn_ranks("cases", &[0, 0], seed)?;
+    wait_all(&mut children, Duration::from_secs(400), "W=2 on GPU 0")
 }
 
 /// A rank process killed with SIGKILL while its peer waits in a collective,
@@ -174,7 +206,7 @@ pub fn killed_rank_is_an_error() -> TestResult {
     if took > Duration::from_secs(1) {
         return Err(format!("the error came {took:?} after the kill (limit 1 s; watchdog off)").into());
     }
-    wait_all(children.drain(..1).collect(), Duration::from_secs(60), "rank 0")
+    wait_all(&mut children[..1], Duration::from_secs(60), "rank 0")
 }
 
 /// W = 3, watchdog off: ranks 1 and 2 wait in a call when rank 0's
@@ -199,7 +231,7 @@ pub fn killed_root_is_an_error_everywhere() -> TestResult {
             return Err(format!("rank {rank}'s error came {took:?} after the kill (limit 1 s; watchdog off)").into());
         }
     }
-    wait_all(children.drain(1..).collect(), Duration::from_secs(60), "ranks 1 and 2")
+    wait_all(&mut children[1..], Duration::from_secs(60), "ranks 1 and 2")
 }
 
 /// W = 2, watchdog off: rank 0 waits in a call that rank 1 never makes;
@@ -208,8 +240,8 @@ pub fn killed_root_is_an_error_everywhere() -> TestResult {
 /// Rank 0's call ends `Aborted`, rank 0 recovers too, and both then make an
 /// exact call.
 pub fn recover_across_processes() -> TestResult {
-    let (children, _lines) = spawn_ranks("recover", &devices(2), seed("process::recover_across_processes"))?;
-    wait_all(children, Duration::from_secs(120), "W=2 recover")
+    let (mut children, _lines) = spawn_ranks("recover", &devices(2), seed("process::recover_across_processes"))?;
+    wait_all(&mut children, Duration::from_secs(120), "W=2 recover")
 }
 
 /// A rank process that joins and never calls: its peer's call ends with
@@ -224,7 +256,7 @@ pub fn never_calling_rank_times_out() -> TestResult {
     let _ = children[1].kill();
     let _ = children[1].wait();
     dropped?;
-    wait_all(children.drain(..1).collect(), Duration::from_secs(60), "rank 0")
+    wait_all(&mut children[..1], Duration::from_secs(60), "rank 0")
 }
 
 /// The rank process's side: runs `spec`'s mode and returns the exit code.
