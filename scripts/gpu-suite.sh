@@ -3,7 +3,7 @@
 #
 #   scripts/gpu-suite.sh stage            # here: build release test/bench/main binaries, packed into .gpu-stage/bins.tar.gz
 #                                         #   (STAGE_EXTRA="f1 f2": variant binaries or wrappers named bench-<name>, packed too)
-#   scripts/gpu-suite.sh remote [WHAT..]  # on the GPU host (repo root): run them; WHAT = tests | sanitize | tests-old | bench | bench-graphs | bench-procs | bench-procs-graphs | example-procs | bench-tp-layer | bench-phases | bench-transports | bench-pieces | bench-variants | torch | main | startup | candle
+#   scripts/gpu-suite.sh remote [WHAT..]  # on the GPU host (repo root): run them; WHAT = tests | sanitize | tests-old | bench | bench-graphs | bench-procs | bench-procs-graphs | example-procs | bench-tp-layer | bench-tp-layer-graphs | bench-phases | bench-transports | bench-pieces | bench-variants | torch | main | startup | candle
 #
 # With the device tool: stage, then run
 #   bash scripts/gpu-suite.sh remote tests bench     (carry: [".gpu-stage"])
@@ -138,6 +138,8 @@ remote)
       bench-tp-layer)
         # A Llama-3-70B layer at TP = 2: cuBLAS GEMMs and the two all-reduces.
         timeout 900 "$stage/bench-tp-layer" --out "$out/tp-layer" ${TP_LAYER_ARGS:-} 2>&1 | tee "$out/tp-layer.log" || status=1 ;;
+      bench-tp-layer-graphs)
+        timeout 900 "$stage/bench-tp-layer" --graphs --out "$out/tp-layer-graphs" ${TP_LAYER_ARGS:-} 2>&1 | tee "$out/tp-layer-graphs.log" || status=1 ;;
       example-procs)
         # examples/one_process_per_gpu.rs: its own launcher, one process per GPU.
         timeout 300 "$stage/one-process-per-gpu" 2>&1 | tee "$out/example-procs.log" || status=1 ;;

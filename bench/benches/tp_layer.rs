@@ -2,7 +2,7 @@
 //! (NCCL, flashcomm `Auto` unquantized, with INT8, with INT4): the layer
 //! time, the GEMMs alone, the all-reduces alone (`bench/src/tp_layer.rs`).
 //!
-//! `cargo bench --bench tp_layer -- [--tokens 1,32,128,2048,8192] [--iters N] [--layers L] [--out DIR]`
+//! `cargo bench --bench tp_layer -- [--tokens 1,32,128,2048,8192] [--iters N] [--layers L] [--graphs] [--out DIR]`
 //! (staged by `scripts/gpu-suite.sh`, step `bench-tp-layer`). Needs 2+
 //! GPUs and libcublas; without them it says so and exits.
 use flashcomm_bench::tp_layer::{markdown, run, LayerOptions, LLAMA3_70B};
@@ -23,6 +23,7 @@ fn main() {
             "--iters" => opts.iters = it.next().expect("--iters N").parse().expect("iterations"),
             "--layers" => opts.layers = it.next().expect("--layers L").parse().expect("layers"),
             "--out" => out = Some(std::path::PathBuf::from(it.next().expect("--out DIR"))),
+            "--graphs" => opts.graphs = true,
             _ => {}
         }
     }

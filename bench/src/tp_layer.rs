@@ -118,6 +118,9 @@ pub struct LayerOptions {
     pub iters: usize,
     /// Reducers.
     pub reducers: Vec<Reducer>,
+    /// Capture each sample's layers into one CUDA graph per rank and time
+    /// replays (how engines run decode) instead of eager calls.
+    pub graphs: bool,
 }
 
 impl Default for LayerOptions {
@@ -135,6 +138,7 @@ impl Default for LayerOptions {
                 Reducer::Flashcomm(Quantization::INT8),
                 Reducer::Flashcomm(Quantization::INT4),
             ],
+            graphs: false,
         }
     }
 }
@@ -281,12 +285,32 @@ impl Layer<'_> {
     /// Per-layer times of `iters` samples of `parts` with `reducer`,
     /// microseconds (the longest rank of each sample), after two untimed
     /// layers.
-    fn samples(&mut self, reducer: Reducer, parts: Parts, layers: usize, iters: usize) -> flashcomm::Result<Vec<f64>> {
+    fn samples(&mut self, reducer: Reducer, parts: Parts, layers: usize, iters: usize, graphs: bool) -> flashcomm::Result<Vec<f64>> {
+        use flashcomm::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
         let world = self.ranks.blas.len();
         for _ in 0..2 {
             self.run(reducer, parts)?;
         }
         self.comm.synchronize()?;
+        // With `graphs`: the sample's layers captured once, one graph per
+        // rank (relaxed: every rank's stream captures at once), replayed.
+        let captured = if graphs {
+            for r in 0..world {
+                self.comm.stream(r)?.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)?;
+            }
+            let issued = (0..layers).try_for_each(|_| self.run(reducer, parts));
+            let ended: Vec<_> = (0..world).map(|r| Ok(self.comm.stream(r)?.end_capture(CUgraphInstantiate_flags(0))?)).collect::<flashcomm::Result<_>>()?;
+            issued?;
+            let graphs = ended.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| flashcomm::Error::InvalidConfig("stream capture produced no graph".into()))?;
+            for g in &graphs {
+                g.upload()?;
+                g.launch()?;
+            }
+            self.comm.synchronize()?;
+            Some(graphs)
+        } else {
+            None
+        };
         let mut samples = Vec::with_capacity(iters);
         for _ in 0..iters {
             let mut events = Vec::with_capacity(world);
@@ -296,8 +320,9 @@ impl Layer<'_> {
                 start.record(self.comm.stream(r)?)?;
                 events.push((start, end));
             }
-            for _ in 0..layers {
-                self.run(reducer, parts)?;
+            match &captured {
+                Some(graphs) => graphs.iter().try_for_each(|g| g.launch())?,
+                None => (0..layers).try_for_each(|_| self.run(reducer, parts))?,
             }
             for (r, (_, end)) in events.iter().enumerate() {
                 end.record(self.comm.stream(r)?)?;
@@ -372,10 +397,10 @@ pub fn run(opts: &LayerOptions, shape: LayerShape, command: &str) -> flashcomm::
         let mut alone: Vec<Vec<f64>> = vec![Vec::new(); reducers.len()];
         let mut gemms = Vec::new();
         for _ in 0..ROUNDS {
-            gemms.extend(layer.samples(reducers[0], Parts::GemmsOnly, opts.layers, per_round)?);
+            gemms.extend(layer.samples(reducers[0], Parts::GemmsOnly, opts.layers, per_round, opts.graphs)?);
             for (i, &reducer) in reducers.iter().enumerate() {
-                whole[i].extend(layer.samples(reducer, Parts::Whole, opts.layers, per_round)?);
-                alone[i].extend(layer.samples(reducer, Parts::CommOnly, opts.layers, per_round)?);
+                whole[i].extend(layer.samples(reducer, Parts::Whole, opts.layers, per_round, opts.graphs)?);
+                alone[i].extend(layer.samples(reducer, Parts::CommOnly, opts.layers, per_round, opts.graphs)?);
             }
         }
         let gemm_us = median(gemms);
@@ -411,8 +436,11 @@ pub fn run(opts: &LayerOptions, shape: LayerShape, command: &str) -> flashcomm::
         command: command.to_string(),
         shape,
         method: format!(
-            "TP = {world}, bf16; per layer: QKV, O, all-reduce, gate-up, down, all-reduce (attention core and SwiGLU product not run); cuBLAS GEMMs (cudarc, f32 accumulation); eager, one host thread issuing every rank; CUDA events around {} layers per sample on every rank's stream, sample = longest rank / {}; per token count 0.5 s of warm-up layers, then {ROUNDS} rounds over the contenders in turn (whole layer, then the all-reduces alone), the GEMMs alone once per round; median of {} samples each",
-            opts.layers, opts.layers, opts.iters.div_ceil(ROUNDS) * ROUNDS
+            "TP = {world}, bf16; per layer: QKV, O, all-reduce, gate-up, down, all-reduce (attention core and SwiGLU product not run); cuBLAS GEMMs (cudarc, f32 accumulation); {}, one host thread issuing every rank; CUDA events around {} layers per sample on every rank's stream, sample = longest rank / {}; per token count 0.5 s of warm-up layers, then {ROUNDS} rounds over the contenders in turn (whole layer, then the all-reduces alone), the GEMMs alone once per round; median of {} samples each",
+            if opts.graphs { "CUDA-graph replay (each sample's layers captured once per rank and contender, then replayed)" } else { "eager" },
+            opts.layers,
+            opts.layers,
+            opts.iters.div_ceil(ROUNDS) * ROUNDS
         ),
         rows,
     })
