@@ -581,4 +581,48 @@ mod tests {
         assert_eq!(GgmlType::from_u32(6).block(), Some((32, 22)));
         assert_eq!(GgmlType::from_u32(13).block(), None); // Q5_K: not implemented
     }
+
+    /// The models directory (`FLASHCOMM_MODELS`, else `<repo>/models`).
+    fn models_dir() -> std::path::PathBuf {
+        std::env::var("FLASHCOMM_MODELS")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"))
+    }
+
+    /// Dequantization of the real Gemma-3-270M tensors against gguf-py 0.19.0
+    /// (`gguf.quants.dequantize`, ggml's own numpy implementation): f64 sum
+    /// and sum of squares of each tensor and a few elements, one tensor of
+    /// each type it holds (Q8_0, Q4_K, Q5_0, Q6_K). Skipped (with a message)
+    /// when the model is not installed (tools/perplexity/fetch-assets.sh).
+    #[test]
+    fn gemma3_tensors_match_gguf_py() {
+        let path = models_dir().join("gemma3/gemma-3-270m-q4_k_m.gguf");
+        if !path.exists() {
+            eprintln!("skipped: {} not installed (tools/perplexity/fetch-assets.sh)", path.display());
+            return;
+        }
+        type Expect = (&'static str, GgmlType, f64, f64, &'static [(usize, f32)]);
+        #[rustfmt::skip]
+        let want: &[Expect] = &[
+            ("token_embd.weight", GgmlType::Q8_0, -27668.36862385273, 278708.59100772557, &[(0, -0.007244110107421875), (1, 0.042860984802246094), (2, -0.034409523010253906), (3, -0.02112865447998047), (83886087, -0.021432876586914062), (167772159, -0.017424583435058594)]),
+            ("blk.0.attn_output.weight", GgmlType::Q4_K, -1.8330761790275574, 930.2992641774874, &[(0, -0.015705108642578125), (1, 0.04966926574707031), (2, -0.03749656677246094), (3, 0.06056499481201172), (327687, -0.03889036178588867), (655359, -0.011407613754272461)]),
+            ("blk.0.attn_q.weight", GgmlType::Q5_0, -51.693368911743164, 1025.197383899027, &[(0, -0.0037841796875), (1, 0.007568359375), (2, -0.01513671875), (3, -0.00567626953125), (327687, 0.017547607421875), (655359, 0.01312255859375)]),
+            ("blk.0.attn_v.weight", GgmlType::Q8_0, 1.5544872283935547, 256.0193953019168, &[(0, 0.0060882568359375), (1, -0.03957366943359375), (2, -0.03145599365234375), (3, -0.05682373046875), (81927, -0.012920379638671875), (163839, -0.05296611785888672)]),
+            ("blk.0.ffn_down.weight", GgmlType::Q6_K, 6.480193614959717, 610.7072775584979, &[(0, 0.0052117109298706055), (1, 0.02171546220779419), (2, -0.02518993616104126), (3, 0.013897895812988281), (655367, -0.0234832763671875), (1310719, -0.00941401720046997)]),
+            ("blk.5.attn_v.weight", GgmlType::Q5_0, -7.6671905517578125, 256.22875473531894, &[(0, -0.08056640625), (1, -0.0067138671875), (2, -0.013427734375), (3, 0.067138671875), (81927, 0.005584716796875), (163839, 0.00653076171875)]),
+            ("blk.5.ffn_down.weight", GgmlType::Q4_K, -17.400326013565063, 620.5550868067502, &[(0, 0.0033077001571655273), (1, 0.030995845794677734), (2, -0.02438044548034668), (3, -0.0077675580978393555), (655367, -0.0012273788452148438), (1310719, 0.00647735595703125)]),
+        ];
+        let g = Gguf::open(&path).unwrap();
+        for &(name, ty, sum, sumsq, elems) in want {
+            assert_eq!(g.tensor(name).unwrap().ty, ty, "{name}");
+            let x = g.dequantize(name).unwrap();
+            let s: f64 = x.iter().map(|&v| v as f64).sum();
+            let s2: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+            assert!((s - sum).abs() <= 1e-9 * sumsq.sqrt() * (x.len() as f64).sqrt(), "{name}: sum {s} vs {sum}");
+            assert!((s2 / sumsq - 1.0).abs() < 1e-9, "{name}: sum of squares {s2} vs {sumsq}");
+            for &(i, v) in elems {
+                assert_eq!(x[i], v, "{name}[{i}]");
+            }
+        }
+    }
 }
