@@ -882,7 +882,8 @@ fn write_fixture(opts: &Opts, model: &Model, tok: &tokenizer::Tokenizer, path: &
         })
         .collect::<Result<_, String>>()?;
     let moby = moby_text(&opts.models, 1..=1)?;
-    let ids = first_tokens(tok, &moby, TOKENS, "Moby Dick")?;
+    // (BOS first when the model adds one, as in the evaluation windows)
+    let ids = make_windows(tok, &moby, 1, TOKENS, "Moby Dick")?.remove(0);
     let mut cap = CaptureComb { want: want.clone(), got: vec![] };
     model.forward_window(&ids, WORLD, &mut cap, 1);
     let mut out = Vec::new();
