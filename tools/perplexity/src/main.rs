@@ -2,8 +2,9 @@
 //!
 //! Runs SmolLM2-135M-Instruct (Q4_1 GGUF) or Gemma-3-270M (Q4_K_M GGUF,
 //! `--model gemma3`) on the CPU with tensor parallelism simulated for W
-//! ranks, combines the row-parallel partial sums either exactly or with the library's reference reducer (bit-identical to the GPU
-//! kernels), and reports perplexity per configuration. See docs/accuracy.md.
+//! ranks, combines the row-parallel partial sums either exactly or with the
+//! library's reference reducer (bit-identical to the GPU kernels), and
+//! reports perplexity per configuration. See docs/accuracy.md.
 
 mod gguf;
 mod matmul;
