@@ -1,9 +1,10 @@
 //! `perplexity`: accuracy evaluation of flashcomm's quantized all-reduce.
 //!
-//! Runs SmolLM2-135M-Instruct (Q4_1 GGUF) on the CPU with tensor parallelism
-//! simulated for W ranks, combines the row-parallel partial sums either
-//! exactly or with the library's reference reducer (bit-identical to the GPU
-//! kernels), and reports perplexity per configuration. See docs/accuracy.md.
+//! Runs SmolLM2-135M-Instruct (Q4_1 GGUF) or Gemma-3-270M (Q4_K_M GGUF,
+//! `--model gemma3`) on the CPU with tensor parallelism simulated for W
+//! ranks, combines the row-parallel partial sums either exactly or with the
+//! library's reference reducer (bit-identical to the GPU kernels), and
+//! reports perplexity per configuration. See docs/accuracy.md.
 
 mod gguf;
 mod matmul;
@@ -22,7 +23,11 @@ use model::{Combine, Kind, Model};
 use flashcomm_host::reference::reference_all_reduce;
 use flashcomm_host::Quantization;
 
-const GGUF_FILE: &str = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The models `--model` selects: name, GGUF path under the models directory.
+const MODELS: &[(&str, &str)] = &[
+    ("smollm2", "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    ("gemma3", "gemma3/gemma-3-270m-q4_k_m.gguf"),
+];
 
 fn default_models_dir() -> PathBuf {
     if let Ok(d) = std::env::var("FLASHCOMM_MODELS") {
@@ -362,11 +367,31 @@ fn first_tokens(tok: &tokenizer::Tokenizer, text: &str, n: usize, what: &str) ->
     Ok(ids[..n].to_vec())
 }
 
+/// The BOS token each window starts with, if the tokenizer adds one
+/// (`tokenizer.ggml.add_bos_token`: Gemma 3 yes, SmolLM2 no).
+fn window_bos(tok: &tokenizer::Tokenizer) -> Option<u32> {
+    if tok.add_bos {
+        tok.bos
+    } else {
+        None
+    }
+}
+
+/// `nwin` consecutive, non-overlapping windows of `ctx` positions over the
+/// start of `text`'s tokens: each window is the next `ctx` text tokens, or,
+/// when the model wants a BOS, BOS followed by the next `ctx - 1` text tokens.
+fn make_windows(tok: &tokenizer::Tokenizer, text: &str, nwin: usize, ctx: usize, what: &str) -> Result<Vec<Vec<u32>>, String> {
+    let bos = window_bos(tok);
+    let per = ctx - usize::from(bos.is_some());
+    let ids = first_tokens(tok, text, nwin * per, what)?;
+    Ok(ids.chunks(per).map(|c| bos.into_iter().chain(c.iter().copied()).collect()).collect())
+}
+
 // ------------------------------------------------------------------- jobs --
 
 struct Sample {
     name: String,
-    tokens: Vec<u32>,
+    windows: Vec<Vec<u32>>,
 }
 
 struct Job {
@@ -386,6 +411,9 @@ struct Agg {
 
 struct Opts {
     models: PathBuf,
+    model: String,
+    generate: Option<String>,
+    gen_tokens: usize,
     quick: bool,
     ctx: usize,
     moby_tokens: usize,
@@ -408,16 +436,21 @@ struct Opts {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: perplexity [--quick] [--models DIR] [--ctx N] [--moby-tokens N] [--sotu FILE] [--sotu-tokens N]
+        "usage: perplexity [--model smollm2|gemma3] [--quick] [--models DIR] [--ctx N] [--moby-tokens N] [--sotu FILE] [--sotu-tokens N]
                   [--worlds 2,4,8] [--configs full|all|g128|LIST] [--sotu-configs full|all|g128|LIST] [--threads N]
                   [--markdown FILE] [--layer-errors CFG@W,...] [--max-dppl-pct P]
        perplexity --sanity            forward-pass check: PPL of the first 2,044 tokens of Moby Dick ch. 1-3
+                                      (smollm2: against the numpy reference; gemma3: plus greedy continuations)
+       perplexity --generate PROMPT [--gen-tokens N]
+                                      greedy continuation of PROMPT (W=1, exact), with the top 5 first tokens
        perplexity --write-fixture F [--fixture-layers 0a,11m,29m]
                                       write W=4 bf16 partial sums (see tests/fixtures/README.md)
        perplexity --tokenize FILE     print the token ids of a text file
        perplexity --ablate CFG@W [--ablate-windows N]
                                       dPPL with CFG applied at one projection only (each in turn),
                                       on the first N (4) Moby Dick windows
+--model: smollm2 (default; models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf) or
+         gemma3 (models/gemma3/gemma-3-270m-q4_k_m.gguf); windows start with BOS when the model adds one
 configs: exact, or a library setting: none, int8-gG, int4-int8-gG (4 bits reduce-scatter, 8 all-gather), int4-gG, ..."
     );
     std::process::exit(2)
@@ -426,6 +459,9 @@ configs: exact, or a library setting: none, int8-gG, int4-int8-gG (4 bits reduce
 fn parse_args() -> Opts {
     let mut o = Opts {
         models: default_models_dir(),
+        model: "smollm2".into(),
+        generate: None,
+        gen_tokens: 24,
         quick: false,
         ctx: 512,
         moby_tokens: 8192,
@@ -455,6 +491,9 @@ fn parse_args() -> Opts {
             "--quick" => o.quick = true,
             "--sanity" => o.sanity = true,
             "--models" => o.models = PathBuf::from(val()),
+            "--model" => o.model = val(),
+            "--generate" => o.generate = Some(val()),
+            "--gen-tokens" => o.gen_tokens = val().parse().unwrap_or_else(|_| usage()),
             "--ctx" => o.ctx = val().parse().unwrap_or_else(|_| usage()),
             "--moby-tokens" => o.moby_tokens = val().parse().unwrap_or_else(|_| usage()),
             "--sotu" => o.sotu_file = val(),
@@ -516,23 +555,37 @@ fn main() {
 
 fn load(opts: &Opts) -> Result<(Model, tokenizer::Tokenizer), String> {
     let t0 = Instant::now();
-    let path = opts.models.join(GGUF_FILE);
+    let file = MODELS
+        .iter()
+        .find(|m| m.0 == opts.model)
+        .ok_or_else(|| format!("--model {:?}: one of {:?}", opts.model, MODELS.iter().map(|m| m.0).collect::<Vec<_>>()))?
+        .1;
+    let path = opts.models.join(file);
     let g = gguf::Gguf::open(&path).map_err(|e| format!("{e} (run tools/perplexity/fetch-assets.sh)"))?;
     let model = Model::load(&g)?;
     let tok = tokenizer::Tokenizer::from_gguf(&g)?;
     eprintln!(
-        "loaded {} (GGUF v{}, {} tensors) in {:.1}s: {} layers, d={}, heads {}/{} kv, ff={}, vocab {}, rope base {}, add_bos {} (bos id {:?})",
+        "loaded {} (GGUF v{}, {} tensors) in {:.1}s: {:?}, {} layers, d={}, heads {}/{} kv of {}, ff={}, vocab {}, rope base {}{}, add_bos {} (bos id {:?})",
         path.display(),
         g.version,
         g.tensors.len(),
         t0.elapsed().as_secs_f64(),
+        model.arch,
         model.n_layer,
         model.n_embd,
         model.n_head,
         model.n_head_kv,
+        model.head_dim,
         model.n_ff,
         model.n_vocab,
         model.rope_base,
+        match (model.sliding_window, model.rope_base_local) {
+            (Some(w), Some(b)) => format!(
+                " (global layers), {} sliding-window layers (window {w}, rope base {b}), final softcap {:?}",
+                model.n_local_layers, model.final_softcap
+            ),
+            _ => String::new(),
+        },
         tok.add_bos,
         tok.bos
     );
@@ -545,6 +598,9 @@ fn real_main() -> Result<(), String> {
 
     if opts.sanity {
         return sanity(&opts, &model, &tok);
+    }
+    if let Some(p) = &opts.generate {
+        return generate(&model, &tok, p, opts.gen_tokens);
     }
     if let Some(p) = &opts.tokenize {
         let ids = tok.encode(&read(p)?);
@@ -566,15 +622,21 @@ fn real_main() -> Result<(), String> {
     }
     let mut samples = Vec::new();
     let moby = moby_text(&opts.models, 1..=40)?;
+    let bos_note = if window_bos(&tok).is_some() { format!(" (BOS + {} text tokens each)", ctx - 1) } else { String::new() };
     samples.push(Sample {
-        name: format!("Moby Dick ch. 1+, first {} tokens", opts.moby_tokens),
-        tokens: first_tokens(&tok, &moby, opts.moby_tokens, "Moby Dick")?,
+        name: format!("{}: Moby Dick ch. 1+, first {} tokens{bos_note}", opts.model, opts.moby_tokens),
+        windows: make_windows(&tok, &moby, opts.moby_tokens / ctx, ctx, "Moby Dick")?,
     });
     if opts.sotu_tokens > 0 {
         let text = read(&opts.models.join("text/sotu").join(&opts.sotu_file))?;
         samples.push(Sample {
-            name: format!("SOTU {}, first {} tokens", opts.sotu_file.trim_end_matches(".txt"), opts.sotu_tokens),
-            tokens: first_tokens(&tok, &text, opts.sotu_tokens, &opts.sotu_file)?,
+            name: format!(
+                "{}: SOTU {}, first {} tokens{bos_note}",
+                opts.model,
+                opts.sotu_file.trim_end_matches(".txt"),
+                opts.sotu_tokens
+            ),
+            windows: make_windows(&tok, &text, opts.sotu_tokens / ctx, ctx, &opts.sotu_file)?,
         });
     }
     let cfgs_per_sample: Vec<Vec<Cfg>> = samples
@@ -590,7 +652,7 @@ fn real_main() -> Result<(), String> {
         .collect::<Result<_, _>>()?;
     let mut jobs = Vec::new();
     for (si, s) in samples.iter().enumerate() {
-        let nwin = s.tokens.len() / ctx;
+        let nwin = s.windows.len();
         for &w in &opts.worlds {
             for ci in 0..cfgs_per_sample[si].len() {
                 if !cfgs_per_sample[si][ci].applies(w) {
@@ -612,7 +674,7 @@ fn real_main() -> Result<(), String> {
     let done = AtomicUsize::new(0);
     let results = run_jobs(opts.threads, jobs.len(), |i| {
         let j = &jobs[i];
-        let toks = &samples[j.sample].tokens[j.window * ctx..(j.window + 1) * ctx];
+        let toks = &samples[j.sample].windows[j.window];
         let t0 = Instant::now();
         let cfg = &cfgs_per_sample[j.sample][j.cfg];
         let (r, stats) = match cfg.quant {
@@ -654,8 +716,8 @@ fn real_main() -> Result<(), String> {
         md += &format!(
             "\n### {}\n\n{} windows of {ctx} tokens, {} scored predictions per configuration.\n\n",
             s.name,
-            s.tokens.len() / ctx,
-            s.tokens.len() / ctx * (ctx - 1)
+            s.windows.len(),
+            s.windows.iter().map(|w| w.len() - 1).sum::<usize>()
         );
         md += "| W | configuration | PPL | ΔPPL | ΔPPL % | rel. err attn | rel. err mlp | CPU s |\n";
         md += "|---|---|---:|---:|---:|---:|---:|---:|\n";
@@ -724,6 +786,9 @@ fn real_main() -> Result<(), String> {
 /// Forward-pass correctness check against the numpy reference (PPL ~59.8 on
 /// the first 2,044 tokens of Moby Dick chapters 1-3). No TP (W=1).
 fn sanity(opts: &Opts, model: &Model, tok: &tokenizer::Tokenizer) -> Result<(), String> {
+    if opts.model != "smollm2" {
+        return sanity_other(opts, model, tok);
+    }
     let text = moby_text(&opts.models, 1..=3)?;
     let ids = tok.encode(&text);
     eprintln!("Moby Dick ch. 1-3: {} chars, {} tokens", text.len(), ids.len());
@@ -744,6 +809,56 @@ fn sanity(opts: &Opts, model: &Model, tok: &tokenizer::Tokenizer) -> Result<(), 
     if (ppl - 59.8).abs() > 0.05 {
         return Err(format!("sanity check failed: PPL {ppl:.3}, expected 59.8"));
     }
+    Ok(())
+}
+
+/// The forward-pass check for a model without a numpy reference (gemma3):
+/// 4 windows of 512 (BOS + 511 text tokens when the model adds a BOS; 2,044
+/// predictions, as for SmolLM2) over Moby Dick ch. 1-3, W = 1 and W = 4
+/// (exact), then greedy continuations of a few prompts.
+fn sanity_other(opts: &Opts, model: &Model, tok: &tokenizer::Tokenizer) -> Result<(), String> {
+    let text = moby_text(&opts.models, 1..=3)?;
+    let ids = tok.encode(&text);
+    eprintln!("Moby Dick ch. 1-3: {} chars, {} tokens", text.len(), ids.len());
+    eprintln!("first tokens: {:?}", &ids[..16]);
+    eprintln!("decoded: {:?}", tok.decode(&ids[..16]));
+    let t0 = Instant::now();
+    let wins = make_windows(tok, &text, 4, 512, "Moby Dick")?;
+    for world in [1, 4] {
+        let res = run_jobs(opts.threads, 4, |w| model.forward_window(&wins[w], world, &mut ExactComb, 1));
+        let (nll, cnt) = res.iter().fold((0.0, 0), |(a, b), r| (a + r.nll, b + r.count));
+        println!("W={world}: 4 windows of 512 positions ({cnt} predictions): PPL {:.3}", (nll / cnt as f64).exp());
+    }
+    eprintln!("{:.1}s", t0.elapsed().as_secs_f64());
+    for p in ["The capital of France is", "Call me Ishmael. Some years ago", "def fibonacci(n):"] {
+        generate(model, tok, p, 16)?;
+    }
+    Ok(())
+}
+
+/// Greedy continuation of `prompt` (BOS first when the model adds one),
+/// recomputing the whole prefix each step (W = 1, exact sum); prints the top
+/// 5 candidates for the first new token.
+fn generate(model: &Model, tok: &tokenizer::Tokenizer, prompt: &str, n: usize) -> Result<(), String> {
+    let mut ids: Vec<u32> = window_bos(tok).into_iter().chain(tok.encode(prompt)).collect();
+    let n_prompt = ids.len();
+    println!("prompt {prompt:?}: ids {ids:?}");
+    for step in 0..n {
+        let logits = model.next_logits(&ids, &mut ExactComb);
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.select_nth_unstable_by(5, |&a, &b| logits[b].total_cmp(&logits[a]));
+        order.truncate(5);
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        if step == 0 {
+            let mx = logits[order[0]];
+            let lse = mx as f64 + logits.iter().map(|&z| ((z - mx) as f64).exp()).sum::<f64>().ln();
+            for &i in &order {
+                println!("  top: {i:>6} {:<16?} logit {:>8.4}  p {:.4}", tok.decode(&[i as u32]), logits[i], (logits[i] as f64 - lse).exp());
+            }
+        }
+        ids.push(order[0] as u32);
+    }
+    println!("  greedy: {:?}", tok.decode(&ids[n_prompt..]));
     Ok(())
 }
 
@@ -768,7 +883,8 @@ fn write_fixture(opts: &Opts, model: &Model, tok: &tokenizer::Tokenizer, path: &
         })
         .collect::<Result<_, String>>()?;
     let moby = moby_text(&opts.models, 1..=1)?;
-    let ids = first_tokens(tok, &moby, TOKENS, "Moby Dick")?;
+    // (BOS first when the model adds one, as in the evaluation windows)
+    let ids = make_windows(tok, &moby, 1, TOKENS, "Moby Dick")?.remove(0);
     let mut cap = CaptureComb { want: want.clone(), got: vec![] };
     model.forward_window(&ids, WORLD, &mut cap, 1);
     let mut out = Vec::new();
@@ -801,12 +917,12 @@ fn ablate(opts: &Opts, model: &Model, tok: &tokenizer::Tokenizer, spec: &str) ->
     let ctx = opts.ctx;
     let nwin = opts.ablate_windows;
     let moby = moby_text(&opts.models, 1..=40)?;
-    let tokens = first_tokens(tok, &moby, nwin * ctx, "Moby Dick")?;
+    let windows = make_windows(tok, &moby, nwin, ctx, "Moby Dick")?;
     // variant 0: exact; 1: everywhere; 2 + 2*layer + kind: only there
     let nvar = 2 + 2 * model.n_layer;
     let res = run_jobs(opts.threads, nvar * nwin, |i| {
         let (v, w) = (i / nwin, i % nwin);
-        let toks = &tokens[w * ctx..(w + 1) * ctx];
+        let toks = &windows[w];
         let r = if v == 0 {
             model.forward_window(toks, world, &mut ExactComb, 1)
         } else {

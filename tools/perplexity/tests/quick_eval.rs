@@ -1,7 +1,7 @@
 //! The quick accuracy check (CI): W = 4, exact and INT8 G=128 through the
-//! library's reducer on 512 tokens of Moby Dick; fails if INT8 costs more
-//! than 1% perplexity. Listed as ignored (visibly) when the model and texts
-//! are not installed (`scripts/setup.sh --eval` or
+//! library's reducer on 512 tokens of Moby Dick, for SmolLM2-135M and
+//! Gemma-3-270M; fails if INT8 costs more than 1% perplexity. Each is listed
+//! as ignored (visibly) when its model or the texts are not installed (`scripts/setup.sh --eval` or
 //! `tools/perplexity/fetch-assets.sh`).
 use libtest_mimic::{Arguments, Trial};
 use std::path::PathBuf;
@@ -12,22 +12,40 @@ fn main() {
     let models = std::env::var("FLASHCOMM_MODELS")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"));
-    let installed = models.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf").exists() && models.join("text/moby-dick").is_dir();
-    let m = models.clone();
-    let trial = Trial::test("quick_eval_int8_g128_w4_within_1pct", move || {
-        let out = Command::new(env!("CARGO_BIN_EXE_perplexity"))
-            .args(["--quick", "--max-dppl-pct", "1", "--models"])
-            .arg(&m)
-            .output()
-            .map_err(|e| format!("could not run perplexity: {e}"))?;
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        println!("{text}");
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!("perplexity --quick failed ({}):\n{text}", out.status).into())
-        }
-    });
-    let trial = if installed { trial } else { trial.with_ignored_flag(true).with_kind("needs models/: scripts/setup.sh --eval") };
-    libtest_mimic::run(&args, vec![trial]).exit();
+    let texts = models.join("text/moby-dick").is_dir();
+    // (name, --model, GGUF under models/)
+    let cases = [
+        ("quick_eval_int8_g128_w4_within_1pct", "smollm2", "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        ("quick_eval_gemma3_int8_g128_w4_within_1pct", "gemma3", "gemma3/gemma-3-270m-q4_k_m.gguf"),
+    ];
+    let trials = cases
+        .iter()
+        .map(|&(name, model, file)| {
+            let installed = texts && models.join(file).exists();
+            let m = models.clone();
+            let trial = Trial::test(name, move || {
+                let out = Command::new(env!("CARGO_BIN_EXE_perplexity"))
+                    .args(["--model", model, "--quick", "--max-dppl-pct", "1", "--models"])
+                    .arg(&m)
+                    .output()
+                    .map_err(|e| format!("could not run perplexity: {e}"))?;
+                let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+                println!("{text}");
+                if !out.status.success() {
+                    return Err(format!("perplexity --model {model} --quick failed ({}):\n{text}", out.status).into());
+                }
+                // the table must hold the exact row and the INT8 row of W = 4
+                if !(text.contains("| 4 | exact") && text.contains("| 4 | int8-g128 |")) {
+                    return Err(format!("perplexity --model {model} --quick: no W=4 exact/INT8 rows:\n{text}").into());
+                }
+                Ok(())
+            });
+            if installed {
+                trial
+            } else {
+                trial.with_ignored_flag(true).with_kind("needs models/: scripts/setup.sh --eval")
+            }
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
 }
