@@ -97,6 +97,7 @@ impl Contender {
         match self {
             Contender::Nccl => "nccl".into(),
             Contender::Flashcomm(Algorithm::OneShot, _) => "oneshot".into(),
+            Contender::Flashcomm(Algorithm::OneShotLl, _) => "oneshot-ll".into(),
             Contender::Flashcomm(Algorithm::TwoShot, _) => "twoshot".into(),
             Contender::Flashcomm(Algorithm::Flash, q) => format!("flash-{}", q.label()),
             Contender::Flashcomm(Algorithm::Auto, Quantization::None) => "auto".into(),
@@ -130,6 +131,8 @@ impl Contender {
         match self {
             Contender::Nccl | Contender::Flashcomm(Algorithm::TwoShot, _) => 2.0 * (w - 1.0) / w * s,
             Contender::Flashcomm(Algorithm::OneShot, _) => (w - 1.0) * s,
+            // Half of every LL line is flags.
+            Contender::Flashcomm(Algorithm::OneShotLl, _) => 2.0 * (w - 1.0) * s,
             Contender::Flashcomm(_, Quantization::Int(q)) => {
                 let per = |w: flashcomm::Wire| flashcomm::device::codec::ShardLayout::bytes_per_element(w, q.group_size.get()) / 2.0;
                 let (rs, ag) = q.wires();
@@ -148,6 +151,7 @@ pub fn default_contenders() -> Vec<Contender> {
     vec![
         Contender::Nccl,
         Contender::Flashcomm(Algorithm::OneShot, Quantization::None),
+        Contender::Flashcomm(Algorithm::OneShotLl, Quantization::None),
         Contender::Flashcomm(Algorithm::TwoShot, Quantization::None),
         Contender::Flashcomm(Algorithm::Flash, Quantization::INT8),
         Contender::Flashcomm(Algorithm::Flash, Quantization::INT4_INT8),
@@ -541,7 +545,8 @@ fn measure_world(comm: &Communicator, nccl: Option<&NcclBaseline>, opts: &BenchO
             for &contender in &opts.contenders {
                 bar.set_message(format!("W={world} {} {}", human_bytes(bytes), contender.label()));
                 let skip = (contender == Contender::Nccl && nccl.is_none())
-                    || (matches!(contender, Contender::Flashcomm(Algorithm::OneShot, _)) && bytes > opts.oneshot_max_bytes);
+                    || (matches!(contender, Contender::Flashcomm(Algorithm::OneShot, _)) && bytes > opts.oneshot_max_bytes)
+                    || (matches!(contender, Contender::Flashcomm(Algorithm::OneShotLl, _)) && bytes / 2 > comm.ll_max_elems());
                 if skip {
                     bar.inc(1);
                     continue;

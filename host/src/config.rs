@@ -119,6 +119,10 @@ pub enum Algorithm {
     Auto,
     /// Unquantized one-shot: every rank pushes its whole message to every rank.
     OneShot,
+    /// The one-shot with its data in LL lines (flag words beside the data,
+    /// no fence before the flag): small messages, up to the grid's capacity
+    /// (`Communicator::ll_max_elems`); the one-shot beyond it.
+    OneShotLl,
     /// Unquantized two-shot: reduce-scatter then all-gather, plain elements.
     TwoShot,
     /// Quantized two-shot (Flash All-Reduce) with [`Config::quantization`].
@@ -131,13 +135,14 @@ pub enum Algorithm {
 
 impl Algorithm {
     /// Every algorithm, in the order of [`Self::name`]'s list.
-    pub const ALL: [Self; 5] = [Self::Auto, Self::OneShot, Self::TwoShot, Self::Flash, Self::Nccl];
+    pub const ALL: [Self; 6] = [Self::Auto, Self::OneShot, Self::OneShotLl, Self::TwoShot, Self::Flash, Self::Nccl];
 
-    /// The setting's name: `auto`, `oneshot`, `twoshot`, `flash`, `nccl`.
+    /// The setting's name: `auto`, `oneshot`, `oneshot-ll`, `twoshot`, `flash`, `nccl`.
     pub const fn name(self) -> &'static str {
         match self {
             Self::Auto => "auto",
             Self::OneShot => "oneshot",
+            Self::OneShotLl => "oneshot-ll",
             Self::TwoShot => "twoshot",
             Self::Flash => "flash",
             Self::Nccl => "nccl",
@@ -147,7 +152,7 @@ impl Algorithm {
     /// Parses [`Self::name`] (ASCII case ignored).
     pub fn parse(text: &str) -> Result<Self> {
         Self::ALL.into_iter().find(|a| a.name().eq_ignore_ascii_case(text.trim())).ok_or_else(|| {
-            Error::InvalidConfig(format!("unknown algorithm {text:?} (auto, oneshot, twoshot, flash, nccl)"))
+            Error::InvalidConfig(format!("unknown algorithm {text:?} (auto, oneshot, oneshot-ll, twoshot, flash, nccl)"))
         })
     }
 }
@@ -161,6 +166,9 @@ pub fn parse_transport(text: &str) -> Result<Transport> {
 /// Size thresholds for [`Algorithm::Auto`], in bytes of the message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Thresholds {
+    /// Messages up to this size use the LL one-shot (within its capacity;
+    /// 0: never).
+    pub ll_max_bytes: usize,
     /// Messages up to this size use the one-shot.
     pub oneshot_max_bytes: usize,
     /// Messages from this size use Flash (if quantization is allowed).
@@ -276,11 +284,13 @@ impl Config {
         if let Some(v) = var("FLASHCOMM_MAX_PIECE_ELEMS") {
             self.max_piece_elems = num("FLASHCOMM_MAX_PIECE_ELEMS", v)?;
         }
+        let ll = var("FLASHCOMM_LL_MAX_BYTES").map(|v| num("FLASHCOMM_LL_MAX_BYTES", v)).transpose()?;
         let one = var("FLASHCOMM_ONESHOT_MAX_BYTES").map(|v| num("FLASHCOMM_ONESHOT_MAX_BYTES", v)).transpose()?;
         let flash = var("FLASHCOMM_FLASH_MIN_BYTES").map(|v| num("FLASHCOMM_FLASH_MIN_BYTES", v)).transpose()?;
-        if one.is_some() || flash.is_some() {
-            let base = self.thresholds.unwrap_or(Thresholds { oneshot_max_bytes: 0, flash_min_bytes: usize::MAX, nccl_min_bytes: usize::MAX });
+        if ll.is_some() || one.is_some() || flash.is_some() {
+            let base = self.thresholds.unwrap_or(Thresholds { ll_max_bytes: 0, oneshot_max_bytes: 0, flash_min_bytes: usize::MAX, nccl_min_bytes: usize::MAX });
             self.thresholds = Some(Thresholds {
+                ll_max_bytes: ll.unwrap_or(base.ll_max_bytes),
                 oneshot_max_bytes: one.unwrap_or(base.oneshot_max_bytes),
                 flash_min_bytes: flash.unwrap_or(base.flash_min_bytes),
                 nccl_min_bytes: base.nccl_min_bytes,

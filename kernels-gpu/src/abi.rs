@@ -27,6 +27,12 @@ pub enum Phase {
     Reduced = 1,
 }
 
+/// LL lines (`kernels/oneshot_ll.rs`): 16 bytes each, `{payload0, flag,
+/// payload1, flag}`, carrying [`LL_LINE_ELEMS`] 16-bit elements.
+pub const LL_LINE_BYTES: usize = 16;
+/// Elements of one LL line (two 32-bit payload words).
+pub const LL_LINE_ELEMS: usize = 4;
+
 /// Word offsets inside a rank's *sync area*: one peer-mapped `cuMemAlloc`
 /// block per rank. Peers write only their own slot `[block][peer_rank]` of the
 /// flag and tag arrays and their own `poison[peer_rank]` word (one writing

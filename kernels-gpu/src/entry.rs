@@ -57,6 +57,9 @@ crate::diagnostic_kernels! { diagnostic_table }
 pub enum KernelId {
     /// `allreduce_oneshot_<dtype>`: the unquantized one-shot.
     OneShot(Dtype),
+    /// `allreduce_oneshot_ll_<dtype>`: the unquantized one-shot with its data
+    /// in LL lines (small messages; `kernels/oneshot_ll.rs`).
+    OneShotLl(Dtype),
     /// `allreduce_twostep_<dtype>_<rs>_<ag>`: reduce-scatter then all-gather,
     /// with plain wires (the unquantized two-shot) or quantized ones (Flash).
     TwoStep {
@@ -96,6 +99,8 @@ impl KernelId {
         Some(match self {
             KernelId::OneShot(Dtype::Bf16) => "allreduce_oneshot_bf16",
             KernelId::OneShot(Dtype::F16) => "allreduce_oneshot_f16",
+            KernelId::OneShotLl(Dtype::Bf16) => "allreduce_oneshot_ll_bf16",
+            KernelId::OneShotLl(Dtype::F16) => "allreduce_oneshot_ll_f16",
             KernelId::TwoStep { dtype, rs, ag } => return find(TWOSTEP_KERNELS, dtype, rs, ag),
             KernelId::TwoStepDiagnostic { dtype, rs, ag } => return find(DIAGNOSTIC_KERNELS, dtype, rs, ag),
             KernelId::CodecQuantize(Dtype::Bf16) => "codec_quantize_bf16",
@@ -108,7 +113,8 @@ impl KernelId {
 
     /// Every entry point of the PTX, each with its name.
     pub fn all() -> impl Iterator<Item = (KernelId, &'static str)> {
-        let per_dtype = Dtype::ALL.into_iter().flat_map(|d| [KernelId::OneShot(d), KernelId::CodecQuantize(d), KernelId::CodecDequantize(d)]);
+        let per_dtype =
+            Dtype::ALL.into_iter().flat_map(|d| [KernelId::OneShot(d), KernelId::OneShotLl(d), KernelId::CodecQuantize(d), KernelId::CodecDequantize(d)]);
         let twostep = TWOSTEP_KERNELS.iter().map(|&(dtype, rs, ag, _)| KernelId::TwoStep { dtype, rs, ag });
         let diagnostic = DIAGNOSTIC_KERNELS.iter().map(|&(dtype, rs, ag, _)| KernelId::TwoStepDiagnostic { dtype, rs, ag });
         core::iter::once(KernelId::PeerProbe)

@@ -98,9 +98,10 @@ pub fn random_cases(comms: &BTreeMap<usize, Communicator>, cases: usize, rng: &m
         let comm = &comms[&world];
         let len = if rng.uniform() < 0.15 { rng.range(1, 3 * 256) } else { (2f64.powf(rng.uniform() * 22.0)) as usize + 1 };
         let kind = KINDS[rng.range(0, KINDS.len() - 1)];
-        let (algorithm, quantization) = match rng.range(0, 9) {
+        let (algorithm, quantization) = match rng.range(0, 10) {
             0 => (Algorithm::OneShot, Quantization::None),
-            1 => (Algorithm::TwoShot, Quantization::None),
+            1 => (Algorithm::OneShotLl, Quantization::None),
+            2 => (Algorithm::TwoShot, Quantization::None),
             _ => (Algorithm::Flash, random_quant(rng)),
         };
         let transport = random_transport(rng);
@@ -303,7 +304,7 @@ pub fn real_activations_bit_exact() -> TestResult {
 pub fn auto_nccl_fallback() -> TestResult {
     let world = flashcomm::gpu_count().min(4);
     // Explicit thresholds: the mechanism is tested, whatever the tuning table says.
-    let thresholds = flashcomm::Thresholds { oneshot_max_bytes: 0, flash_min_bytes: usize::MAX, nccl_min_bytes: 1 << 20 };
+    let thresholds = flashcomm::Thresholds { ll_max_bytes: 0, oneshot_max_bytes: 0, flash_min_bytes: usize::MAX, nccl_min_bytes: 1 << 20 };
     let comm = communicator(world, Config { thresholds: Some(thresholds), nccl_fallback: true, ..Config::default() })?;
     if !comm.has_nccl() {
         return Err("the NCCL fallback did not initialise (libnccl.so on LD_LIBRARY_PATH?)".into());
@@ -452,7 +453,9 @@ pub fn back_to_back_calls(comm: &Communicator, rng: &mut Rng) -> Result<usize, l
     let world = comm.world_size();
     let kinds = [
         (Algorithm::OneShot, Quantization::None, 3000usize),
+        (Algorithm::OneShotLl, Quantization::None, 5001),
         (Algorithm::OneShot, Quantization::None, 70_001),
+        (Algorithm::OneShotLl, Quantization::None, 100_000),
         (Algorithm::Flash, Quantization::INT8, 50_000),
     ];
     let mut inputs = Vec::new();

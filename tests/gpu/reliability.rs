@@ -328,12 +328,21 @@ pub fn graph_outlives_communicator() -> TestResult {
 /// test cannot hang the suite.
 pub fn mismatch_without_watchdog_ends() -> TestResult {
     let mut rng = Rng::new(seed("reliability::mismatch_without_watchdog_ends"));
+    // The LL one-shot too: its data lines alone would not reveal a peer in
+    // another call; its barrier signal and tag check must.
+    for algorithm in [Algorithm::OneShot, Algorithm::OneShotLl] {
+        mismatch_without_watchdog(&mut rng, algorithm)?;
+    }
+    Ok(())
+}
+
+fn mismatch_without_watchdog(rng: &mut Rng, algorithm: Algorithm) -> TestResult {
     let world = 3;
     let (comm, devices) = communicator_on_gpus_there_are(world, Config { timeout: None, ..exact_config() })?;
-    let o = opts(Algorithm::OneShot, Quantization::None);
+    let o = opts(algorithm, Quantization::None);
     let lens = [8192usize, 4096, 8192];
     let mut bufs: Vec<Vec<CudaSlice<bf16>>> = (0..world)
-        .map(|r| Ok(vec![ctx(ctx(comm.stream(r), "stream")?.clone_htod(&make_inputs::<bf16>(&mut rng, DataKind::Normal, 1, lens[r]).remove(0)), "upload")?]))
+        .map(|r| Ok(vec![ctx(ctx(comm.stream(r), "stream")?.clone_htod(&make_inputs::<bf16>(rng, DataKind::Normal, 1, lens[r]).remove(0)), "upload")?]))
         .collect::<Result<_, libtest_mimic::Failed>>()?;
     ctx(comm.synchronize(), "uploads")?;
     let start = Instant::now();
@@ -353,7 +362,7 @@ pub fn mismatch_without_watchdog_ends() -> TestResult {
         done.store(true, std::sync::atomic::Ordering::SeqCst);
         (status, rescue.join().unwrap_or(true))
     });
-    println!("reliability::mismatch_without_watchdog_ends: on {devices:?}: {status:?} after {:?}", start.elapsed());
+    println!("reliability::mismatch_without_watchdog_ends: {algorithm:?} on {devices:?}: {status:?} after {:?}", start.elapsed());
     if rescued {
         return Err(format!("the ranks were still waiting after 5 s (no watchdog): {status:?}").into());
     }
@@ -361,7 +370,7 @@ pub fn mismatch_without_watchdog_ends() -> TestResult {
         return Err(format!("rank {r} returned Ok for a mismatched call: {status:?}").into());
     }
     ctx(comm.recover(), "recover")?;
-    one_exact_call(&comm, &mut rng, 10_000, "after recover")
+    one_exact_call(&comm, rng, 10_000, "after recover")
 }
 
 /// A rank's error that its host has not been told yet survives `recover()`:

@@ -5,7 +5,7 @@ use super::{CallOptions, Communicator};
 use crate::config::{flash_setting, Algorithm, Config, Quantization, Quantized};
 use crate::driver;
 use crate::error::{Error, Result};
-use flashcomm_kernels::abi::{BarrierArgs, OneShotArgs, PhaseSkip, ShardGeometry, TwoStepArgs, THREADS};
+use flashcomm_kernels::abi::{BarrierArgs, OneShotArgs, PhaseSkip, ShardGeometry, TwoStepArgs, LL_LINE_ELEMS, THREADS};
 use flashcomm_kernels::codec::layout::PLAIN_SHARD_UNIT;
 use flashcomm_kernels::codec::{Dtype, Wire, CHUNK};
 use flashcomm_kernels::entry::KernelId;
@@ -16,6 +16,8 @@ use flashcomm_kernels::entry::KernelId;
 pub enum Plan {
     /// Unquantized one-shot.
     OneShot,
+    /// Unquantized one-shot with LL lines (one launch, within the capacity).
+    OneShotLl,
     /// Unquantized two-shot (the two-step kernel with plain wires).
     TwoShot,
     /// Flash All-Reduce (the two-step kernel with quantized wires).
@@ -29,6 +31,7 @@ impl Plan {
     pub fn algorithm(&self) -> Algorithm {
         match self {
             Plan::OneShot => Algorithm::OneShot,
+            Plan::OneShotLl => Algorithm::OneShotLl,
             Plan::TwoShot => Algorithm::TwoShot,
             Plan::Flash(_) => Algorithm::Flash,
             Plan::Nccl => Algorithm::Nccl,
@@ -143,6 +146,8 @@ impl Communicator {
                 Plan::OneShot
             }
             Algorithm::OneShot => Plan::OneShot,
+            Algorithm::OneShotLl if len <= self.ll_max_elems() => Plan::OneShotLl,
+            Algorithm::OneShotLl => Plan::OneShot,
             Algorithm::TwoShot => Plan::TwoShot,
             Algorithm::Flash => Plan::Flash(flash_setting(algorithm, quant)?.expect("Flash yields a setting or an error")),
             Algorithm::Nccl if self.has_nccl() => Plan::Nccl,
@@ -152,6 +157,7 @@ impl Communicator {
             Algorithm::Auto => {
                 let t = &self.thresholds;
                 match quant {
+                    _ if bytes <= t.ll_max_bytes && len <= self.ll_max_elems() => Plan::OneShotLl,
                     _ if bytes <= t.oneshot_max_bytes => Plan::OneShot,
                     Quantization::Int(q) if bytes >= t.flash_min_bytes => Plan::Flash(q),
                     _ if bytes >= t.nccl_min_bytes && self.has_nccl() => Plan::Nccl,
@@ -165,6 +171,7 @@ impl Communicator {
     fn piece_elems(&self, plan: Plan) -> usize {
         match plan {
             Plan::OneShot => oneshot_elems(&self.config),
+            Plan::OneShotLl => self.ll_max_elems(),
             Plan::TwoShot | Plan::Flash(_) => self.config.max_piece_elems / 512 * 512,
             Plan::Nccl => usize::MAX,
         }
@@ -185,6 +192,7 @@ impl Communicator {
         }
         let launched = match (call.plan, call.plan.twostep()) {
             (Plan::Nccl, _) => self.launch_nccl(&call),
+            (Plan::OneShotLl, _) => self.launch_oneshot_ll(&call),
             (_, Some((rs, ag, unit))) if call.len > 0 => {
                 let transport = opts.transport.unwrap_or(self.config.transport).word();
                 self.launch_twostep(&call, (rs, ag, unit), transport, skip)
@@ -275,6 +283,39 @@ impl Communicator {
         Ok(())
     }
 
+    /// Elements the LL one-shot covers in one launch: four per thread of
+    /// the one-shot grid.
+    pub fn ll_max_elems(&self) -> usize {
+        self.oneshot_grid as usize * THREADS as usize * LL_LINE_ELEMS
+    }
+
+    /// The LL one-shot: one launch (the plan keeps `len` within
+    /// [`Communicator::ll_max_elems`]), on the one-shot's grid.
+    fn launch_oneshot_ll(&self, call: &Call) -> Result<()> {
+        let r = &self.ranks[call.local];
+        let kernel = KernelId::OneShotLl(call.dtype);
+        let func = self.memory.ranks[call.local].kernels.get(kernel)?.handle();
+        if call.len > self.ll_max_elems() {
+            return Err(Error::InvalidConfig(format!("an LL one-shot of {} elements (capacity {})", call.len, self.ll_max_elems())));
+        }
+        let mut args = OneShotArgs {
+            input: call.input,
+            output: call.output,
+            len: call.len as u64,
+            buffers: self.peers.ll,
+            region_stride: self.peers.ll_stride as u64,
+            barrier: BarrierArgs { tag: call.tag(0, call.len, kernel, LL_LINE_ELEMS, 0), ..r.barrier },
+        };
+        // SAFETY: the context is bound; the kernel takes one OneShotArgs;
+        // the LL and sync buffers are owned by `self.memory` and
+        // peer-mapped, each region holding a line per thread of the grid;
+        // `len` elements of input and output are in bounds (checked by the
+        // callers), at most four per thread (checked above), and ordered on
+        // this stream.
+        unsafe { driver::launch::launch_with_args(func, self.oneshot_grid, THREADS, r.stream.cu_stream(), &mut args)? };
+        Ok(())
+    }
+
     fn resident(&self, kernel: KernelId) -> Result<u32> {
         self.resident_blocks.get(&kernel).copied().ok_or_else(|| Error::MissingKernel { name: format!("{kernel:?}") })
     }
@@ -330,6 +371,7 @@ fn kernel_words(kernel: KernelId) -> u64 {
         KernelId::TwoStep { dtype, rs, ag } => (dtype as u64) << 16 | wire(rs) << 8 | wire(ag),
         KernelId::TwoStepDiagnostic { dtype, rs, ag } => 1 << 33 | (dtype as u64) << 16 | wire(rs) << 8 | wire(ag),
         KernelId::OneShot(dtype) => 1 << 32 | dtype as u64,
+        KernelId::OneShotLl(dtype) => 1 << 34 | dtype as u64,
         _ => 0,
     }
 }

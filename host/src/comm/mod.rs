@@ -138,6 +138,10 @@ struct RankMemory {
     /// The one-shot kernel's buffer (two slots of `world` regions,
     /// `oneshot_stride` bytes apart), written by every rank.
     oneshot: PeerBuffer,
+    /// The LL one-shot's buffer (two slots of `world` regions of a line per
+    /// thread of its grid, `ll_stride` bytes apart), written by every rank;
+    /// zeroed with the sync area (its flags are epochs, which restart).
+    ll: PeerBuffer,
     sync: PeerBuffer,
 }
 
@@ -147,10 +151,13 @@ struct PeerPointers {
     staging_in: [u64; MAX_WORLD],
     staging_out: [u64; MAX_WORLD],
     oneshot: [u64; MAX_WORLD],
+    ll: [u64; MAX_WORLD],
     /// Bytes between consecutive shard blobs in a staging buffer.
     shard_stride: usize,
     /// Bytes between consecutive regions of a one-shot buffer.
     oneshot_stride: usize,
+    /// Bytes between consecutive regions of an LL buffer.
+    ll_stride: usize,
 }
 
 /// A group of GPUs that all-reduce together, driven from this process
@@ -783,6 +790,7 @@ impl Communicator {
         }
         for (r, memory) in self.ranks.iter().zip(&self.memory.ranks) {
             memory.sync.zero(&r.stream)?;
+            memory.ll.zero(&r.stream)?;
         }
         if let Err(e) = self.all_processes_zeroed() {
             lock(&self.poisoned).get_or_insert_with(|| format!("recover() failed across processes: {e}"));

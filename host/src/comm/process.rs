@@ -22,7 +22,6 @@
 //! wait for it stop, `synchronize` reports [`Error::PeerFailed`] naming it)
 //! and calls are refused. `recover()` and drop are collective: each
 //! process's waits for the others' at a barrier with a deadline.
-use super::launch::ONESHOT_GRID;
 use super::setup::{allocate_memory, check_devices_exist, check_engine_streams, open_rank, Strides};
 use super::{lock, tuning, Communicator, DeviceState, PeerPointers, Rank, RankErrors};
 use crate::bootstrap::{peer_ended, Bootstrap, BootstrapError, Identity};
@@ -33,7 +32,6 @@ use crate::kernels::{KernelImage, LoadedKernels};
 use crate::peer_buffer::ImportedBuffer;
 use cudarc::driver::{sys, CudaContext, CudaStream};
 use flashcomm_kernels::abi::{sync_area, ErrorWord, MAX_BLOCKS, MAX_WORLD, THREADS};
-use flashcomm_kernels::codec::Dtype;
 use flashcomm_kernels::entry::KernelId;
 use serde::{Deserialize, Serialize};
 use std::net::TcpStream;
@@ -54,7 +52,7 @@ const WATCH_PERIOD: Duration = Duration::from_millis(2);
 /// live there; they are zeroed after the probe, before any collective.
 const PROBE_SLOTS: usize = sync_area::FLAGS;
 /// The buffers a rank shares, in card order.
-const SHARED_BUFFERS: usize = 4;
+const SHARED_BUFFERS: usize = 5;
 
 /// What a rank tells every other rank at creation. Decoded from another
 /// process: every field is checked before use (`check_cards`).
@@ -63,10 +61,11 @@ struct RankCard {
     identity: Identity,
     gpu_uuid: [u8; 16],
     gpu_name: String,
-    /// staging in, staging out, one-shot, sync: (IPC handle, bytes).
+    /// staging in, staging out, one-shot, sync, LL: (IPC handle, bytes).
     buffers: Vec<(Vec<u8>, u64)>,
     shard_stride: u64,
     oneshot_stride: u64,
+    ll_stride: u64,
     /// Blocks of each kernel (`KernelId::all` order) its GPU holds at once.
     capacity: Vec<u32>,
     /// It can load NCCL and its configuration asks for the fallback.
@@ -229,7 +228,7 @@ impl Communicator {
         let imported = open_peer_buffers(&rank, &cards, index);
         let imported = agree(&mut boot, "mapped", imported)?;
         let own = &memory.ranks[0];
-        let own_ptrs = [own.staging_in.ptr(), own.staging_out.ptr(), own.oneshot.ptr(), own.sync.ptr()];
+        let own_ptrs = [own.staging_in.ptr(), own.staging_out.ptr(), own.oneshot.ptr(), own.sync.ptr(), own.ll.ptr()];
         let column = |b: usize| {
             let mut out = [0u64; MAX_WORLD];
             for (p, o) in out.iter_mut().enumerate().take(world) {
@@ -241,8 +240,10 @@ impl Communicator {
             staging_in: column(0),
             staging_out: column(1),
             oneshot: column(2),
+            ll: column(4),
             shard_stride: strides.shard,
             oneshot_stride: strides.oneshot,
+            ll_stride: strides.ll,
         };
         rank.barrier.sync = column(3);
         memory.imported = imported.into_iter().flatten().collect();
@@ -256,7 +257,7 @@ impl Communicator {
             memory.nccl = init_nccl(&mut boot, &rank.stream, index, world)?;
         }
         let resident_blocks = resident_blocks(&cards)?;
-        let oneshot_grid = Dtype::ALL.iter().fold(ONESHOT_GRID, |g, &d| g.min(resident_blocks[&KernelId::OneShot(d)]));
+        let oneshot_grid = super::setup::oneshot_grid(&resident_blocks);
         let gpu_name = cards[0].gpu_name.clone();
         let thresholds = config.thresholds.unwrap_or_else(|| tuning::builtin(&gpu_name, world));
         let memory = Arc::new(memory);
@@ -362,7 +363,7 @@ fn tell_peers(mut boot: Bootstrap, e: Error) -> Error {
 
 /// This rank's card.
 fn card(rank: &Rank, memory: &super::RankMemory, strides: &Strides, config: &Config, image: &KernelImage) -> Result<RankCard> {
-    let buffers = [&memory.staging_in, &memory.staging_out, &memory.oneshot, &memory.sync];
+    let buffers = [&memory.staging_in, &memory.staging_out, &memory.oneshot, &memory.sync, &memory.ll];
     let buffers = buffers.iter().map(|b| Ok((b.export()?.to_vec(), b.bytes() as u64))).collect::<Result<Vec<_>>>()?;
     let sms = rank.ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
     let capacity = KernelId::all()
@@ -379,6 +380,7 @@ fn card(rank: &Rank, memory: &super::RankMemory, strides: &Strides, config: &Con
         buffers,
         shard_stride: strides.shard as u64,
         oneshot_stride: strides.oneshot as u64,
+        ll_stride: strides.ll as u64,
         capacity,
         nccl,
     })
@@ -402,8 +404,9 @@ fn check_cards(cards: &[RankCard], mine: &RankCard, index: usize, config: &Confi
         if let Some(what) = mine.identity.difference(&c.identity) {
             return Err(mismatch(what));
         }
-        if (c.shard_stride, c.oneshot_stride) != (mine.shard_stride, mine.oneshot_stride) {
-            return Err(mismatch(format!("buffer strides {}/{} against {}/{}", c.shard_stride, c.oneshot_stride, mine.shard_stride, mine.oneshot_stride)));
+        if (c.shard_stride, c.oneshot_stride, c.ll_stride) != (mine.shard_stride, mine.oneshot_stride, mine.ll_stride) {
+            let strides = |c: &RankCard| format!("{}/{}/{}", c.shard_stride, c.oneshot_stride, c.ll_stride);
+            return Err(mismatch(format!("buffer strides {} against {}", strides(c), strides(mine))));
         }
         let sizes = |card: &RankCard| card.buffers.iter().map(|b| b.1).collect::<Vec<_>>();
         if sizes(c) != sizes(mine) || c.buffers.iter().any(|b| b.0.len() != driver::ipc::HANDLE_BYTES) {

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::kernels::{KernelImage, LoadedKernels};
 use crate::peer_buffer::PeerBuffer;
 use cudarc::driver::{sys, CudaContext, CudaStream};
-use flashcomm_kernels::abi::{sync_area, BarrierArgs, MAX_BLOCKS, MAX_WORLD, THREADS};
+use flashcomm_kernels::abi::{sync_area, BarrierArgs, LL_LINE_BYTES, MAX_BLOCKS, MAX_WORLD, THREADS};
 use flashcomm_kernels::codec::layout::PLAIN_SHARD_UNIT;
 use flashcomm_kernels::codec::{Dtype, ShardLayout, Wire, CHUNK};
 use flashcomm_kernels::entry::KernelId;
@@ -23,6 +23,8 @@ use std::sync::{Arc, Mutex};
 pub(super) struct Strides {
     pub(super) shard: usize,
     pub(super) oneshot: usize,
+    /// A line per thread of the largest one-shot grid.
+    pub(super) ll: usize,
 }
 
 impl Strides {
@@ -32,7 +34,7 @@ impl Strides {
         let max_units = config.max_piece_elems.div_ceil(PLAIN_SHARD_UNIT).div_ceil(world);
         let shard = ShardLayout::new(max_units, PLAIN_SHARD_UNIT, Wire::Plain).total_bytes().next_multiple_of(256);
         let oneshot = ShardLayout::new(oneshot_elems(config) / CHUNK, CHUNK, Wire::Plain).total_bytes().next_multiple_of(256);
-        Self { shard, oneshot }
+        Self { shard, oneshot, ll: ONESHOT_GRID as usize * THREADS as usize * LL_LINE_BYTES }
     }
 }
 
@@ -109,7 +111,7 @@ impl Communicator {
         let mut memory = allocate_memory(&ranks, kernels, &strides, devices.len())?;
         let (peers, ranks) = link_peers(ranks, &memory, &strides);
         let resident_blocks = resident_blocks(&ranks, &memory, &devices)?;
-        let oneshot_grid = Dtype::ALL.iter().fold(ONESHOT_GRID, |g, &d| g.min(resident_blocks[&KernelId::OneShot(d)]));
+        let oneshot_grid = oneshot_grid(&resident_blocks);
         let gpu_name = ranks[0].ctx.name()?;
         let thresholds = config.thresholds.unwrap_or_else(|| tuning::builtin(&gpu_name, devices.len()));
         #[cfg(feature = "nccl")]
@@ -309,6 +311,7 @@ pub(super) fn allocate_memory(ranks: &[Rank], kernels: Vec<LoadedKernels>, strid
                 staging_in: PeerBuffer::zeroed(&r.ctx, world * strides.shard, &r.stream)?,
                 staging_out: PeerBuffer::zeroed(&r.ctx, world * strides.shard, &r.stream)?,
                 oneshot: PeerBuffer::zeroed(&r.ctx, 2 * world * strides.oneshot, &r.stream)?,
+                ll: PeerBuffer::zeroed(&r.ctx, 2 * world * strides.ll, &r.stream)?,
                 sync: PeerBuffer::zeroed(&r.ctx, sync_area::BYTES, &r.stream)?,
             })
         })
@@ -339,10 +342,19 @@ fn link_peers(mut ranks: Vec<Rank>, memory: &DeviceState, strides: &Strides) -> 
         staging_in: column(|m| m.staging_in.ptr()),
         staging_out: column(|m| m.staging_out.ptr()),
         oneshot: column(|m| m.oneshot.ptr()),
+        ll: column(|m| m.ll.ptr()),
         shard_stride: strides.shard,
         oneshot_stride: strides.oneshot,
+        ll_stride: strides.ll,
     };
     (peers, ranks)
+}
+
+/// The grid of every one-shot and LL one-shot launch: [`ONESHOT_GRID`]
+/// capped by the residency of all four kernels (they share per-block epochs,
+/// so one grid for all).
+pub(super) fn oneshot_grid(resident: &HashMap<KernelId, u32>) -> u32 {
+    Dtype::ALL.iter().fold(ONESHOT_GRID, |g, &d| g.min(resident[&KernelId::OneShot(d)]).min(resident[&KernelId::OneShotLl(d)]))
 }
 
 /// Blocks of every rank's kernel must be resident together (they wait on

@@ -15,11 +15,11 @@ pub fn builtin(gpu_name: &str, world: usize) -> Thresholds {
     match (h200, world) {
         // The unquantized two-shot beat NCCL at every size up to 256 MiB on
         // the H200 at every measured world size, so never NCCL there.
-        (true, 2) => Thresholds { oneshot_max_bytes: 4 * MIB, flash_min_bytes: 4 * MIB, nccl_min_bytes: usize::MAX },
+        (true, 2) => Thresholds { ll_max_bytes: 0, oneshot_max_bytes: 4 * MIB, flash_min_bytes: 4 * MIB, nccl_min_bytes: usize::MAX },
         // W = 3 and 4 measured; larger worlds (not measured) use these.
-        (true, _) => Thresholds { oneshot_max_bytes: MIB, flash_min_bytes: 2 * MIB, nccl_min_bytes: usize::MAX },
+        (true, _) => Thresholds { ll_max_bytes: 0, oneshot_max_bytes: MIB, flash_min_bytes: 2 * MIB, nccl_min_bytes: usize::MAX },
         // Unmeasured GPUs: conservative guesses. NCCL is used only where
         // `Config::nccl_fallback` allows it.
-        _ => Thresholds { oneshot_max_bytes: 64 << 10, flash_min_bytes: 8 * MIB, nccl_min_bytes: 8 * MIB },
+        _ => Thresholds { ll_max_bytes: 0, oneshot_max_bytes: 64 << 10, flash_min_bytes: 8 * MIB, nccl_min_bytes: 8 * MIB },
     }
 }

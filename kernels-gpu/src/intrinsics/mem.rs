@@ -251,6 +251,44 @@ pub unsafe fn ld_relaxed_sys_u32(p: *const u32) -> u32 {
     v
 }
 
+/// `st.relaxed.sys.global.v4.u32`: one 16-byte store, morally strong; each
+/// aligned 8-byte half arrives whole (what LL lines rely on: a payload word
+/// and its flag word share one half, as in NCCL's LL protocol).
+///
+/// # Safety
+/// `p` must point to 16 writable bytes of global memory (local or
+/// peer-mapped), 16-byte aligned, written by this thread only.
+#[inline(always)]
+pub unsafe fn st_relaxed_sys_v4(p: *mut [u32; 4], v: [u32; 4]) {
+    // SAFETY: the caller guarantees a valid, aligned, single-writer address.
+    unsafe {
+        asm!(
+            "{{ .reg .u64 g; cvta.to.global.u64 g, {p}; st.relaxed.sys.global.v4.u32 [g], {{{a}, {b}, {c}, {d}}}; }}",
+            p = in(reg64) p, a = in(reg32) v[0], b = in(reg32) v[1], c = in(reg32) v[2], d = in(reg32) v[3],
+            options(nostack, preserves_flags)
+        )
+    };
+}
+
+/// `ld.relaxed.sys.global.v4.u32`: one 16-byte morally strong read (each
+/// aligned 8-byte half as one peer store left it).
+///
+/// # Safety
+/// `p` must point to 16 readable, 16-byte aligned bytes of global memory.
+#[inline(always)]
+pub unsafe fn ld_relaxed_sys_v4(p: *const [u32; 4]) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    // SAFETY: the caller guarantees a valid, aligned global address.
+    unsafe {
+        asm!(
+            "{{ .reg .u64 g; cvta.to.global.u64 g, {p}; ld.relaxed.sys.global.v4.u32 {{{a}, {b}, {c}, {d}}}, [g]; }}",
+            p = in(reg64) p, a = out(reg32) a, b = out(reg32) b, c = out(reg32) c, d = out(reg32) d,
+            options(nostack, preserves_flags)
+        )
+    };
+    [a, b, c, d]
+}
+
 /// `fence.acq_rel.sys`: orders this thread's earlier and later accesses at
 /// system scope.
 #[inline(always)]

@@ -57,12 +57,14 @@ fn tag_slot(epoch: u32, block: usize) -> usize {
 }
 
 /// Records `err` as this rank's first error (unless there is one) and
-/// poisons every rank with it. Called by the one thread that saw the failure.
+/// poisons every rank with it. Called by a thread that saw the failure
+/// (several may: the first error word stays, the poison words carry one of
+/// theirs).
 ///
 /// # Safety
 /// `args.sync` holds valid, peer-mapped sync areas of all `args.world` ranks.
 #[inline(always)]
-unsafe fn fail(args: &BarrierArgs, err: ErrorWord) {
+pub(super) unsafe fn fail(args: &BarrierArgs, err: ErrorWord) {
     let me = args.rank as usize;
     let local = pick(&args.sync, me) as *mut u32;
     // SAFETY: this rank's own error word (a local atomic); peers' poison
@@ -80,7 +82,7 @@ unsafe fn fail(args: &BarrierArgs, err: ErrorWord) {
 /// The error kind a block records when it finds `poison` in a poison word:
 /// the host's abort, or a peer's failure.
 #[inline(always)]
-fn poisoned_kind(poison: u32) -> u32 {
+pub(super) fn poisoned_kind(poison: u32) -> u32 {
     if ErrorWord(poison).kind() == ErrorWord::KIND_ABORTED {
         ErrorWord::KIND_ABORTED
     } else {

@@ -5,5 +5,6 @@ mod barrier;
 mod chunk;
 mod codec_roundtrip;
 mod oneshot;
+mod oneshot_ll;
 mod peer_probe;
 mod twostep;
