@@ -22,7 +22,7 @@
 //! wait for it stop, `synchronize` reports [`Error::PeerFailed`] naming it)
 //! and calls are refused. `recover()` and drop are collective: each
 //! process's waits for the others' at a barrier with a deadline.
-use super::setup::{allocate_memory, check_devices_exist, check_engine_streams, open_rank, Strides};
+use super::setup::{allocate_memory, check_devices_exist, check_engine_streams, launch_probe, open_rank, Strides};
 use super::{lock, tuning, Communicator, DeviceState, PeerPointers, Rank, RankErrors};
 use crate::bootstrap::{peer_ended, Bootstrap, BootstrapError, Identity};
 use crate::config::Config;
@@ -480,21 +480,13 @@ fn probe_peers(boot: &mut Bootstrap, rank: &Rank, memory: &super::RankMemory) ->
 /// The probe kernel of this rank against every other rank's sync area.
 fn probe_loads(rank: &Rank, memory: &super::RankMemory, world: usize, pattern: impl Fn(usize, usize) -> u32, token: impl Fn(usize, usize) -> u32) -> Result<()> {
     let me = rank.index;
-    let probe = memory.kernels.get(KernelId::PeerProbe)?;
     for owner in (0..world).filter(|&r| r != me) {
         memory.sync.write_words(&rank.stream, sync_area::PROBE, &[0])?;
-        rank.ctx.bind_to_thread()?;
-        let (mut remote, mut local, mut token_arg) = (rank.barrier.sync[owner] + 4 * (PROBE_SLOTS + 2 * me) as u64, memory.sync.ptr() + 4 * sync_area::PROBE as u64, token(me, owner));
-        let mut params = [
-            &mut remote as *mut u64 as *mut std::ffi::c_void,
-            &mut local as *mut u64 as *mut std::ffi::c_void,
-            &mut token_arg as *mut u32 as *mut std::ffi::c_void,
-        ];
-        // SAFETY: the context is bound; peer_probe takes (u32*, u32*, u32);
-        // `remote` is two words of the owner's sync area mapped here
-        // (its size checked at mapping), `local` one of ours; the read
+        let (remote, local) = (rank.barrier.sync[owner] + 4 * (PROBE_SLOTS + 2 * me) as u64, memory.sync.ptr() + 4 * sync_area::PROBE as u64);
+        // SAFETY: `remote` is two words of the owner's sync area mapped
+        // here (its size checked at mapping), `local` one of ours; the read
         // below waits for the kernel.
-        unsafe { driver::launch::launch_with_params(probe.handle(), 1, 32, rank.stream.cu_stream(), &mut params)? };
+        unsafe { launch_probe(rank, memory, remote, local, token(me, owner))? };
         let mut seen = [0u32];
         memory.sync.read_words(&rank.stream, sync_area::PROBE, &mut seen)?;
         if seen[0] != pattern(owner, me) {

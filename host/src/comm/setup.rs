@@ -152,18 +152,9 @@ impl Communicator {
                 let token = 0xC0DE_0000 | (j as u32) << 8 | i as u32;
                 b_sync.write_words(&b.stream, sync_area::PROBE, &[0, pattern])?;
                 a_sync.write_words(&a.stream, sync_area::PROBE, &[0, 0])?;
-                a.ctx.bind_to_thread()?;
-                let (mut remote, mut local, mut token_arg) = (b_sync.ptr() + 4 * sync_area::PROBE as u64, a_sync.ptr() + 4 * sync_area::PROBE as u64, token);
-                let mut params = [
-                    &mut remote as *mut u64 as *mut std::ffi::c_void,
-                    &mut local as *mut u64 as *mut std::ffi::c_void,
-                    &mut token_arg as *mut u32 as *mut std::ffi::c_void,
-                ];
-                let probe = self.memory.ranks[i].kernels.get(KernelId::PeerProbe)?;
-                // SAFETY: a's context is bound; peer_probe takes (u32*, u32*, u32);
-                // `remote` is b's cuMemAlloc memory with peer access enabled,
+                // SAFETY: `remote` is b's sync area (peer access enabled),
                 // `local` a's own; the reads below wait for the kernel.
-                unsafe { driver::launch::launch_with_params(probe.handle(), 1, 32, a.stream.cu_stream(), &mut params)? };
+                unsafe { launch_probe(a, &self.memory.ranks[i], b_sync.ptr() + 4 * sync_area::PROBE as u64, a_sync.ptr() + 4 * sync_area::PROBE as u64, token)? };
                 let (mut seen, mut written) = ([0u32; 1], [0u32; 1]);
                 a_sync.read_words(&a.stream, sync_area::PROBE, &mut seen)?;
                 b_sync.read_words(&b.stream, sync_area::PROBE, &mut written)?;
@@ -178,6 +169,29 @@ impl Communicator {
         }
         Ok(())
     }
+}
+
+/// Launches the peer probe on `rank`'s stream (`peer_probe(remote, local,
+/// token)`: stores `token` at `remote[0]`, copies `remote[1]` to
+/// `local[0]`).
+///
+/// # Safety
+/// `remote` points to two words of a peer's memory mapped in `rank`'s
+/// context, `local` to one word of its own; the caller waits for the
+/// kernel before reading `local` or freeing either.
+pub(super) unsafe fn launch_probe(rank: &Rank, memory: &RankMemory, remote: u64, local: u64, token: u32) -> Result<()> {
+    let probe = memory.kernels.get(KernelId::PeerProbe)?;
+    rank.ctx.bind_to_thread()?;
+    let (mut remote, mut local, mut token) = (remote, local, token);
+    let mut params = [
+        &mut remote as *mut u64 as *mut std::ffi::c_void,
+        &mut local as *mut u64 as *mut std::ffi::c_void,
+        &mut token as *mut u32 as *mut std::ffi::c_void,
+    ];
+    // SAFETY: the context is bound; peer_probe takes (u32*, u32*, u32);
+    // caller contract for the pointers.
+    unsafe { driver::launch::launch_with_params(probe.handle(), 1, 32, rank.stream.cu_stream(), &mut params)? };
+    Ok(())
 }
 
 /// Checks the device list before any GPU is touched.
