@@ -46,13 +46,13 @@ use crate::intrinsics::timer::global_timer_ns;
 
 /// Word offset of `flags[phase][block][0]` in a sync area.
 #[inline(always)]
-fn flag_slot(phase: Phase, block: usize) -> usize {
+pub(super) fn flag_slot(phase: Phase, block: usize) -> usize {
     sync_area::FLAGS + phase as usize * sync_area::FLAGS_PER_PHASE + block * MAX_WORLD
 }
 
 /// Word offset of `tags[epoch & 1][block][0]` in a sync area.
 #[inline(always)]
-fn tag_slot(epoch: u32, block: usize) -> usize {
+pub(super) fn tag_slot(epoch: u32, block: usize) -> usize {
     sync_area::TAGS + (epoch & 1) as usize * sync_area::TAGS_PER_PARITY + block * MAX_WORLD
 }
 

@@ -1,36 +1,40 @@
 //! The LL one-shot (`allreduce_oneshot_ll_<dtype>`), for small messages:
-//! the one-shot's protocol with the data carried in LL lines (NCCL's LL:
-//! each 8-byte half of a 16-byte line holds a 32-bit payload word and the
-//! call's epoch, and arrives whole), so no fence has to wait for the data
-//! before the flag: one fewer round of NVLink latency than the one-shot.
+//! the one-shot with its data carried in LL lines (NCCL's LL: each 8-byte
+//! half of a 16-byte line holds a 32-bit payload word and a flag word, and
+//! arrives whole), so the data is its own flag: no fence, no barrier wait.
 //!
 //! Per call, block `b` (the same grid on every rank, as the one-shot):
-//! 1. it signals the call's barrier at `epoch` with the call's tag, as the
-//!    one-shot's entry barrier does (`signal_peers`), *before* its data, so
-//!    the release orders nothing but the tag;
-//! 2. each thread pushes its line (4 elements of my input) with the epoch
-//!    into my region of every peer's LL buffer, slot `epoch & 1`;
-//! 3. it waits for every peer's signal and checks its tag (`wait_for_peers`:
-//!    a peer in another call, LL or not, is a `CollectiveMismatch` here or
-//!    there, never a pairing of different calls);
-//! 4. each thread polls its line in every peer's region of my buffer until
-//!    both flag words equal the epoch (a line from two calls ago has the
-//!    epoch two below; a zeroed line never matches, epochs start at 1), with
-//!    the watchdog and the poison words checked as in the barrier, sums the
-//!    ranks' values in f32 in rank order (from rank 0's value, as every
-//!    reducer here), rounds and stores.
+//! 1. it signals the call's barrier slot at `epoch` with the call's tag, as
+//!    the one-shot's entry barrier does (`signal_peers`), but does not wait
+//!    for it: the signal is what a peer in a barrier kernel (another call)
+//!    checks, and finds a `CollectiveMismatch`;
+//! 2. each thread pushes its line (4 elements of my input, flag = the call's
+//!    tag) into my region of every peer's LL buffer, slot `epoch & 1`;
+//! 3. each thread polls its line in every peer's region of my buffer until
+//!    both flag words are set: equal to my tag, the peer's data of this call;
+//!    another nonzero value, a peer in another LL call (a mismatch); it also
+//!    watches the poison words, the watchdog, and the peers' barrier slots (a
+//!    peer in a barrier kernel at this epoch with another tag: a mismatch);
+//! 4. it zeroes each line it consumed, sums the ranks' values in f32 in
+//!    rank order (from rank 0's value, as every reducer here), rounds and
+//!    stores.
 //!
-//! Slot reuse needs no exit barrier, for the one-shot's reason (module
-//! docs of `oneshot.rs`): a peer writes slot `epoch & 1` of call `e + 2`
-//! only after its call `e + 1`, which needed my signal of `e + 1`, sent
-//! after I finished reading call `e`. Epochs restart at 1 after
-//! `recover()`, which zeroes the LL buffers with the sync areas.
+//! Why a set flag means this call: a line is nonzero only between the
+//! peer's write and my zeroing, and a peer writes slot `epoch & 1` of call
+//! `e + 2` only after its call `e + 1`, which needed my part of `e + 1`
+//! (lines or signal), sent by a later kernel than the one that zeroed call
+//! `e`'s lines (the one-shot's argument, `oneshot.rs`, per block). A call
+//! that fails leaves lines behind: `recover()` zeroes the LL buffers with
+//! the sync areas. Flags are never 0 (a tag of 0 is sent as 1).
 
-use super::barrier::{entry_check, fail, poisoned_kind, signal_peers, wait_for_peers};
+use super::barrier::{entry_check, fail, flag_slot, poisoned_kind, signal_peers, tag_slot};
 use super::chunk::pick;
 use crate::abi::{sync_area, ErrorWord, OneShotArgs, Phase, LL_LINE_BYTES, LL_LINE_ELEMS, MAX_WORLD, THREADS};
 use crate::codec::{Bf16, Element, F16};
-use crate::intrinsics::mem::{ld_global_u16, ld_global_u32, ld_global_v2, ld_relaxed_sys_u32, ld_relaxed_sys_v4, st_global_u16, st_global_u32, st_global_v2, st_relaxed_sys_v4};
+use crate::intrinsics::mem::{
+    ld_acquire_sys_u32, ld_global_u16, ld_global_u32, ld_global_v2, ld_relaxed_sys_u32, ld_relaxed_sys_v4, st_global_u16, st_global_u32, st_global_v2, st_global_v4,
+    st_relaxed_sys_v4,
+};
 use crate::intrinsics::thread::{block_idx, sync_threads_or, thread_idx};
 use crate::intrinsics::timer::global_timer_ns;
 
@@ -80,6 +84,7 @@ unsafe fn oneshot_ll<E: Element>(a: &OneShotArgs) {
     // after every thread has read the old one.
     let epoch = unsafe { ld_global_u32(my_sync.add(sync_area::EPOCHS + block)) }.wrapping_add(1);
     let slot = (epoch & 1) as usize * world * stride;
+    let flag = if a.barrier.tag == 0 { 1 } else { a.barrier.tag };
     let input = a.input as *const u16;
     let output = a.output as *mut u16;
     // SAFETY: every thread of the block makes these calls.
@@ -88,10 +93,11 @@ unsafe fn oneshot_ll<E: Element>(a: &OneShotArgs) {
     }
     // SAFETY: as above.
     unsafe { signal_peers(&a.barrier, Phase::Staged, block, epoch) };
-    let mine = if has_line {
+    let mut failed = false;
+    if has_line {
         // SAFETY: the line lies in the input (has_line).
-        let payload = unsafe { load_line(input, line, len) };
-        let wire = [payload[0], epoch, payload[1], epoch];
+        let mine = unsafe { load_line(input, line, len) };
+        let wire = [mine[0], flag, mine[1], flag];
         // Rank-rotated destinations (no incast); my own value stays here.
         for i in 1..world {
             let d = if me + i >= world { me + i - world } else { me + i };
@@ -99,17 +105,7 @@ unsafe fn oneshot_ll<E: Element>(a: &OneShotArgs) {
             // line `line` < the grid's threads (caller contract).
             unsafe { st_relaxed_sys_v4((pick(&a.buffers, d) as *mut u8).add(slot + me * stride + line * LL_LINE_BYTES) as *mut [u32; 4], wire) };
         }
-        payload
-    } else {
-        [0; 2]
-    };
-    // SAFETY: every thread of the block reaches it.
-    if !unsafe { wait_for_peers(&a.barrier, Phase::Staged, block, epoch) } {
-        return;
-    }
-    let mut failed = false;
-    if has_line {
-        let here = pick(&a.buffers, me) as *const u8;
+        let here = pick(&a.buffers, me) as *mut u8;
         let mut words = [[0u32; 2]; MAX_WORLD];
         let start = global_timer_ns();
         let mut r = 0;
@@ -119,16 +115,35 @@ unsafe fn oneshot_ll<E: Element>(a: &OneShotArgs) {
                 r += 1;
                 continue;
             }
+            let at = here.wrapping_add(slot + r * stride + line * LL_LINE_BYTES) as *mut [u32; 4];
             // SAFETY: peer r's region of my LL buffer in this call's slot.
-            let seen = unsafe { ld_relaxed_sys_v4(here.add(slot + r * stride + line * LL_LINE_BYTES) as *const [u32; 4]) };
-            if seen[1] == epoch && seen[3] == epoch {
+            let seen = unsafe { ld_relaxed_sys_v4(at) };
+            if seen[1] == flag && seen[3] == flag {
                 words[r] = [seen[0], seen[2]];
+                // Consumed: zero until the peer's call two later (module docs).
+                // SAFETY: as above; no peer writes this line again before
+                // this kernel has ended.
+                unsafe { st_global_v4(at, [0; 4]) };
                 r += 1;
                 continue;
             }
-            // SAFETY: poison slot r of this rank's sync area.
-            let poison = unsafe { ld_relaxed_sys_u32(my_sync.add(sync_area::POISON + r)) };
-            let kind = if poison != 0 {
+            // A peer in another call: another LL call's line, or a barrier
+            // kernel's signal at this epoch with another tag.
+            let other_line = (seen[1] != 0 && seen[1] != flag) || (seen[3] != 0 && seen[3] != flag);
+            // SAFETY: this rank's sync area: peer r's barrier slot, poison slot.
+            let (signalled, poison) = unsafe { (ld_relaxed_sys_u32(my_sync.add(flag_slot(Phase::Staged, block) + r)), ld_relaxed_sys_u32(my_sync.add(sync_area::POISON + r))) };
+            let other_call = other_line
+                || (signalled == epoch && {
+                    // SAFETY: as above; the tag was stored before the flag's release.
+                    let theirs = unsafe {
+                        ld_acquire_sys_u32(my_sync.add(flag_slot(Phase::Staged, block) + r));
+                        ld_relaxed_sys_u32(my_sync.add(tag_slot(epoch, block) + r))
+                    };
+                    theirs != a.barrier.tag
+                });
+            let kind = if other_call {
+                ErrorWord::KIND_MISMATCH
+            } else if poison != 0 {
                 poisoned_kind(poison)
             } else if a.barrier.timeout_ns != 0 && global_timer_ns().wrapping_sub(start) > a.barrier.timeout_ns {
                 ErrorWord::KIND_TIMEOUT
