@@ -29,7 +29,7 @@
 
 use super::barrier::{entry_check, fail, flag_slot, poisoned_kind, signal_peers, tag_slot};
 use super::chunk::pick;
-use crate::abi::{sync_area, ErrorWord, OneShotArgs, Phase, LL_LINE_BYTES, LL_LINE_ELEMS, MAX_WORLD, THREADS};
+use crate::abi::{sync_area, ErrorWord, OneShotArgs, Phase, LL_LINE_BYTES, LL_LINE_ELEMS, THREADS};
 use crate::codec::{Bf16, Element, F16};
 use crate::intrinsics::mem::{
     ld_acquire_sys_u32, ld_global_u16, ld_global_u32, ld_global_v2, ld_relaxed_sys_u32, ld_relaxed_sys_v4, st_global_u16, st_global_u32, st_global_v2, st_global_v4,
@@ -106,12 +106,21 @@ unsafe fn oneshot_ll<E: Element>(a: &OneShotArgs) {
             unsafe { st_relaxed_sys_v4((pick(&a.buffers, d) as *mut u8).add(slot + me * stride + line * LL_LINE_BYTES) as *mut [u32; 4], wire) };
         }
         let here = pick(&a.buffers, me) as *mut u8;
-        let mut words = [[0u32; 2]; MAX_WORLD];
+        // Summed as the lines arrive, in rank order from rank 0's value (not
+        // 0.0 + value: -0 stays -0); no per-rank array (it would live in
+        // local memory).
+        let mut acc = [0.0f32; LL_LINE_ELEMS];
+        let add = |acc: &mut [f32; LL_LINE_ELEMS], r: usize, w: [u32; 2]| {
+            for (k, v) in acc.iter_mut().enumerate() {
+                let x = E::to_f32((w[k / 2] >> (16 * (k % 2))) as u16);
+                *v = if r == 0 { x } else { *v + x };
+            }
+        };
         let start = global_timer_ns();
         let mut r = 0;
         while r < world {
             if r == me {
-                words[r] = mine;
+                add(&mut acc, r, mine);
                 r += 1;
                 continue;
             }
@@ -119,7 +128,7 @@ unsafe fn oneshot_ll<E: Element>(a: &OneShotArgs) {
             // SAFETY: peer r's region of my LL buffer in this call's slot.
             let seen = unsafe { ld_relaxed_sys_v4(at) };
             if seen[1] == flag && seen[3] == flag {
-                words[r] = [seen[0], seen[2]];
+                add(&mut acc, r, [seen[0], seen[2]]);
                 // Consumed: zero until the peer's call two later (module docs).
                 // SAFETY: as above; no peer writes this line again before
                 // this kernel has ended.
@@ -158,14 +167,6 @@ unsafe fn oneshot_ll<E: Element>(a: &OneShotArgs) {
             }
         }
         if !failed {
-            // Rank order from rank 0's value (not 0.0 + value: -0 stays -0).
-            let mut acc = [0.0f32; LL_LINE_ELEMS];
-            for (r, w) in words.iter().enumerate().take(world) {
-                for (k, v) in acc.iter_mut().enumerate() {
-                    let x = E::to_f32((w[k / 2] >> (16 * (k % 2))) as u16);
-                    *v = if r == 0 { x } else { *v + x };
-                }
-            }
             let out = [E::from_f32(acc[0]) as u32 | (E::from_f32(acc[1]) as u32) << 16, E::from_f32(acc[2]) as u32 | (E::from_f32(acc[3]) as u32) << 16];
             let first = line * LL_LINE_ELEMS;
             if first + LL_LINE_ELEMS <= len {
