@@ -71,13 +71,7 @@ impl Tokenizer {
             "gpt-2" | "gpt2" | "default" | "mpt" | "olmo" | "jais" => false,
             other => return Err(format!("tokenizer.ggml.pre = {other:?} not implemented")),
         };
-        let tokens: Vec<String> = g
-            .get("tokenizer.ggml.tokens")?
-            .as_array()
-            .ok_or("tokenizer.ggml.tokens not an array")?
-            .iter()
-            .map(|v| v.as_str().map(str::to_owned).ok_or("token not a string"))
-            .collect::<Result<_, _>>()?;
+        let tokens = vocabulary(g)?;
         let vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
         let mut merges = HashMap::new();
         for (rank, m) in g
@@ -297,15 +291,19 @@ struct Sym {
     next: Option<usize>,
 }
 
+/// The GGUF's token strings (`tokenizer.ggml.tokens`), in id order.
+fn vocabulary(g: &Gguf) -> Result<Vec<String>, String> {
+    Ok(g.get("tokenizer.ggml.tokens")?
+        .as_array()
+        .ok_or("tokenizer.ggml.tokens not an array")?
+        .iter()
+        .map(|v| v.as_str().map(str::to_owned).ok_or("token not a string"))
+        .collect::<Result<_, _>>()?)
+}
+
 impl Spm {
     fn from_gguf(g: &Gguf) -> Result<Tokenizer, String> {
-        let tokens: Vec<String> = g
-            .get("tokenizer.ggml.tokens")?
-            .as_array()
-            .ok_or("tokenizer.ggml.tokens not an array")?
-            .iter()
-            .map(|v| v.as_str().map(str::to_owned).ok_or("token not a string"))
-            .collect::<Result<_, _>>()?;
+        let tokens = vocabulary(g)?;
         let scores: Vec<f32> = g
             .get("tokenizer.ggml.scores")?
             .as_array()
