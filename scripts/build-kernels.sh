@@ -32,6 +32,10 @@ rustup run "$channel" rustc --version >/dev/null 2>&1 || { echo "toolchain $chan
 # __launch_bounds__.
 THREADS=256
 MAX_REGISTERS=64
+# The spiky kernels (spike reserving) hold a chunk's selection keys beside
+# its elements: at 64 registers they spilled 1.1 KB and ran 10% slower than
+# at 128 (2 blocks per SM; docs/benchmarks.md, spike reserving).
+MAX_REGISTERS_SPIKY=128
 ARCHES="sm_80 sm_90"
 
 out=$root/kernel-image
@@ -51,10 +55,10 @@ env -i PATH="$PATH" HOME="$HOME" ${RUSTUP_HOME:+RUSTUP_HOME="$RUSTUP_HOME"} ${CA
 raw=$root/target/nvptx-kernels/nvptx64-nvidia-cuda/release/flashcomm_kernels.ptx
 
 mkdir -p "$out"
-awk -v threads="$THREADS" -v regs="$MAX_REGISTERS" '
-  /^\.visible \.entry / { in_params = 1 }
+awk -v threads="$THREADS" -v regs="$MAX_REGISTERS" -v spiky_regs="$MAX_REGISTERS_SPIKY" '
+  /^\.visible \.entry / { in_params = 1; cap = ($3 ~ /^spiky_/) ? spiky_regs : regs }
   { print }
-  in_params && /^[ \t]*\)/ { printf ".maxntid %d, 1, 1\n.maxnreg %d\n", threads, regs; in_params = 0 }
+  in_params && /^[ \t]*\)/ { printf ".maxntid %d, 1, 1\n.maxnreg %d\n", threads, cap; in_params = 0 }
 ' "$raw" > "$out/flashcomm_kernels.ptx"
 if grep -n "\.extern \.func" "$out/flashcomm_kernels.ptx"; then
   echo "the PTX calls a function it does not define: a core routine was not inlined" >&2; exit 1

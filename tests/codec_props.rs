@@ -1,6 +1,7 @@
 //! Property tests of the shared codec (CPU): conversions, round-trip error
 //! bound, edge cases, the non-finite rule, and packing.
 use flashcomm::device::codec::{float, levels, Bf16, Element, Encoder, GroupParams, PackedChunk, Wire, F16, CHUNK};
+use flashcomm::Spikes;
 use flashcomm::reference::{dequantize_blob, group_params, quantize_blob, round_trip_group};
 use flashcomm::{Bits, GroupSize};
 use half::{bf16, f16};
@@ -129,7 +130,7 @@ proptest! {
         prop_assert!((params.half_step as f64) <= half_step * (1.0 + 2f64.powi(-20)) + 1e-45,
             "stored half step {} exceeds the analytic {half_step}", params.half_step);
         let mut decoded = values.clone();
-        round_trip_group(&mut decoded, bits);
+        round_trip_group::<Bf16>(&mut decoded, bits, Spikes::NONE);
         let slack = 2f64.powi(-21) * (mn.abs() as f64 + mx.abs() as f64) + 2f64.powi(-148);
         for (&x, &y) in values.iter().zip(&decoded) {
             prop_assert!(y.is_finite(), "finite input {x:e} decoded to {y:e}");
@@ -177,11 +178,11 @@ proptest! {
         let group_size = group.get();
         let mut rng = flashcomm::synth::Rng::new(seed);
         let input: Vec<bf16> = (0..len).map(|_| bf16::from_f64(rng.normal() * 3.0)).collect();
-        let blob = quantize_blob(&input, bits, group);
-        let out: Vec<bf16> = dequantize_blob(&blob, len, bits, group).unwrap();
+        let blob = quantize_blob(&input, bits, group, Spikes::NONE);
+        let out: Vec<bf16> = dequantize_blob(&blob, len, bits, group, Spikes::NONE).unwrap();
         for (k, chunk) in input.chunks(group_size).enumerate() {
             let mut v: Vec<f32> = chunk.iter().map(|x| x.to_f32()).collect();
-            round_trip_group(&mut v, bits);
+            round_trip_group::<Bf16>(&mut v, bits, Spikes::NONE);
             for (j, &y) in v.iter().enumerate() {
                 prop_assert_eq!(out[k * group_size + j].to_bits(), bf16::from_f32(y).to_bits());
             }
@@ -194,7 +195,7 @@ fn constant_group_decodes_exactly() {
     for &bits in Bits::ALL {
         for c in [0.0f32, -0.0, 1.5, -3.25e-5, 65504.0, 3.3895314e38, -3.3895314e38, 1e-40] {
             let mut v = vec![c; 77];
-            round_trip_group(&mut v, bits);
+            round_trip_group::<Bf16>(&mut v, bits, Spikes::NONE);
             assert!(v.iter().all(|&y| y == c), "constant {c:e} with {bits:?}");
         }
     }
@@ -206,9 +207,9 @@ fn non_finite_values_poison_only_their_group() {
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
         for &bits in Bits::ALL {
             let mut input: Vec<bf16> = (0..256).map(|i| bf16::from_f32((i as f32 * 0.37).sin())).collect();
-            let clean: Vec<bf16> = dequantize_blob(&quantize_blob(&input, bits, group_size), 256, bits, group_size).unwrap();
+            let clean: Vec<bf16> = dequantize_blob(&quantize_blob(&input, bits, group_size, Spikes::NONE), 256, bits, group_size, Spikes::NONE).unwrap();
             input[70] = bf16::from_f32(bad);
-            let out: Vec<bf16> = dequantize_blob(&quantize_blob(&input, bits, group_size), 256, bits, group_size).unwrap();
+            let out: Vec<bf16> = dequantize_blob(&quantize_blob(&input, bits, group_size, Spikes::NONE), 256, bits, group_size, Spikes::NONE).unwrap();
             for i in 0..256 {
                 if (64..128).contains(&i) {
                     assert_eq!(out[i].to_bits(), 0x7FC0, "element {i} of the poisoned group must be the canonical NaN");
@@ -227,7 +228,7 @@ fn extreme_bf16_group_does_not_overflow() {
         let p = group_params(&values, bits);
         assert!(p.center.is_finite() && p.half_step.is_finite() && p.half_step > 0.0, "{p:?}");
         let mut v = values.to_vec();
-        round_trip_group(&mut v, bits);
+        round_trip_group::<Bf16>(&mut v, bits, Spikes::NONE);
         assert!(v.iter().all(|y| y.is_finite()), "{v:?}");
         assert!((v[0] as f64 - values[0] as f64).abs() <= p.half_step as f64 * 1.001);
     }
@@ -282,4 +283,125 @@ fn encoder_and_decoder_equal_their_definitions() {
             assert_eq!(non_finite.encode(y), 0);
         }
     }
+}
+
+fn spikes_strategy() -> impl Strategy<Value = Spikes> {
+    proptest::sample::select(&Spikes::ALL[1..])
+}
+
+/// bf16 values of one group: activations with a few huge ones, or ties.
+fn spiky_group() -> impl Strategy<Value = Vec<f32>> {
+    prop_oneof![
+        (proptest::collection::vec(-3.0f32..3.0, 1..=256), proptest::collection::vec((0usize..256, -1e4f32..1e4), 0..6)).prop_map(|(mut v, spikes)| {
+            for (at, x) in spikes {
+                let n = v.len();
+                v[at % n] = x;
+            }
+            v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect()
+        }),
+        proptest::collection::vec(proptest::sample::select(vec![0.0f32, -0.0, 1.0, -1.0, 2.0, -2.0]), 1..=256),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+    /// Spike reserving (codec::spikes): the k elements of largest magnitude
+    /// (ties to the lower position) come back exactly, the others within
+    /// half a step of the range of what is left.
+    #[test]
+    fn spikes_come_back_exactly_and_the_rest_within_half_a_step(values in spiky_group(), bits in bits_strategy(), spikes in spikes_strategy()) {
+        let k = spikes.get();
+        let mut decoded = values.clone();
+        round_trip_group::<Bf16>(&mut decoded, bits, spikes);
+        let mut order: Vec<usize> = (0..values.len()).collect();
+        order.sort_by(|&a, &b| values[b].abs().total_cmp(&values[a].abs()).then(a.cmp(&b)));
+        let (kept, rest) = order.split_at(k.min(values.len()));
+        for &i in kept {
+            prop_assert_eq!(decoded[i].to_bits(), values[i].to_bits(), "spike {} ({:e}) not exact: {:?}", i, values[i], &values);
+        }
+        let (mn, mx) = rest.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &i| (a.min(values[i]), b.max(values[i])));
+        let half_step = (mx as f64 - mn as f64) / (2.0 * levels(bits.bits()) as f64);
+        let slack = 2f64.powi(-21) * (mn.abs() as f64 + mx.abs() as f64) + 2f64.powi(-148);
+        for &i in rest {
+            let err = (values[i] as f64 - decoded[i] as f64).abs();
+            prop_assert!(err <= half_step * (1.0 + 2f64.powi(-12)) + slack, "element {i}: |{:e} - {:e}| > half step {half_step:e}", values[i], decoded[i]);
+        }
+    }
+
+    /// With spikes too, the blob codec decodes to exactly the per-group
+    /// round trip (spike regions, short last groups, groups shorter than k).
+    #[test]
+    fn spiky_blob_round_trip_equals_group_round_trip(seed in any::<u64>(), len in 1usize..1000, g in 0usize..4, bits in bits_strategy(), spikes in spikes_strategy()) {
+        let group = GroupSize::ALL[g];
+        let group_size = group.get();
+        let mut rng = flashcomm::synth::Rng::new(seed);
+        let input: Vec<f16> = (0..len).map(|_| f16::from_f64(rng.normal() * if rng.uniform() < 0.02 { 300.0 } else { 3.0 })).collect();
+        let blob = quantize_blob(&input, bits, group, spikes);
+        let out: Vec<f16> = dequantize_blob(&blob, len, bits, group, spikes).unwrap();
+        for (k, chunk) in input.chunks(group_size).enumerate() {
+            let mut v: Vec<f32> = chunk.iter().map(|x| x.to_f32()).collect();
+            round_trip_group::<F16>(&mut v, bits, spikes);
+            for (j, &y) in v.iter().enumerate() {
+                prop_assert_eq!(out[k * group_size + j].to_bits(), f16::from_f32(y).to_bits());
+            }
+        }
+    }
+}
+
+#[test]
+fn spike_ties_go_to_the_lower_position_and_short_groups_are_exact() {
+    // A constant group: the spikes are positions 0..k, the rest decodes exactly too.
+    let group = GroupSize::G32;
+    for spikes in &Spikes::ALL[1..] {
+        let input = vec![bf16::from_f32(-1.5); 40];
+        let blob = quantize_blob(&input, Bits::B4, group, *spikes);
+        let layout = flashcomm::reference::blob_layout(40, Bits::B4, group, *spikes);
+        let k = spikes.get();
+        let positions = &blob[layout.spike_positions_offset()..][..2 * k];
+        let expected_first: Vec<u8> = (0..k as u8).collect();
+        assert_eq!(&positions[..k], &expected_first[..], "ties must go to the lower positions");
+        // The second group holds 8 elements: with k = 8 every one is a spike
+        // and the parameters are zero; with fewer, the empty slots never occur.
+        let params = layout.params_offset() + 8;
+        if k == 8 {
+            assert_eq!(&blob[params..params + 8], &[0u8; 8], "a group of spikes only has zero parameters");
+        }
+        let out: Vec<bf16> = dequantize_blob(&blob, 40, Bits::B4, group, *spikes).unwrap();
+        assert!(out.iter().all(|&y| y == bf16::from_f32(-1.5)), "k = {k}: {out:?}");
+    }
+    // A group shorter than k: empty slots hold value 0 at position 255.
+    let input = vec![bf16::from_f32(7.0), bf16::from_f32(-9.0), bf16::from_f32(0.5)];
+    let k8 = Spikes::MAX;
+    let blob = quantize_blob(&input, Bits::B4, GroupSize::G128, k8);
+    let layout = flashcomm::reference::blob_layout(3, Bits::B4, GroupSize::G128, k8);
+    assert_eq!(&blob[layout.spike_positions_offset()..][..8], &[1, 0, 2, 255, 255, 255, 255, 255]);
+    let out: Vec<bf16> = dequantize_blob(&blob, 3, Bits::B4, GroupSize::G128, k8).unwrap();
+    assert_eq!(out, input);
+}
+
+#[test]
+fn non_finite_values_poison_their_whole_group_with_spikes() {
+    let group_size = GroupSize::G64;
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        for &bits in Bits::ALL {
+            for spikes in &Spikes::ALL[1..] {
+                let mut input: Vec<bf16> = (0..256).map(|i| bf16::from_f32((i as f32 * 0.37).sin())).collect();
+                let clean: Vec<bf16> = dequantize_blob(&quantize_blob(&input, bits, group_size, *spikes), 256, bits, group_size, *spikes).unwrap();
+                input[70] = bf16::from_f32(bad);
+                let out: Vec<bf16> = dequantize_blob(&quantize_blob(&input, bits, group_size, *spikes), 256, bits, group_size, *spikes).unwrap();
+                for i in 0..256 {
+                    if (64..128).contains(&i) {
+                        assert_eq!(out[i].to_bits(), 0x7FC0, "element {i} of the poisoned group must be the canonical NaN ({bad}, k {})", spikes.get());
+                    } else {
+                        assert_eq!(out[i].to_bits(), clean[i].to_bits(), "element {i} outside the group changed");
+                    }
+                }
+            }
+        }
+    }
+    // f16: a value that rounds to inf in the element type poisons its group too.
+    let mut v = vec![1.0f32; 32];
+    v[5] = 70000.0;
+    round_trip_group::<F16>(&mut v, Bits::B8, Spikes::new(1).unwrap());
+    assert!(v.iter().all(|y| y.is_nan()), "{v:?}");
 }

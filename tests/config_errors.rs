@@ -1,4 +1,5 @@
 //! Configuration parsing and the errors raised before any GPU is touched.
+use flashcomm::Spikes;
 use flashcomm::{Algorithm, Bits, Communicator, Config, Error, GroupSize, Quantization, Quantized, KERNELS};
 use std::time::Duration;
 
@@ -7,10 +8,17 @@ fn quantization_parses() {
     assert_eq!(Quantization::parse("int8").unwrap(), Quantization::INT8);
     assert_eq!(Quantization::parse("int4-int8").unwrap(), Quantization::INT4_INT8);
     assert_eq!(Quantization::INT4_INT8.label(), "int4-int8-g128");
-    assert_eq!(Quantization::parse("INT4-g32").unwrap(), Quantization::Int(Quantized { rs_bits: Bits::B4, ag_bits: Bits::B4, group_size: GroupSize::G32 }));
-    assert_eq!(Quantization::parse("int6-int4-g256").unwrap(), Quantization::Int(Quantized { rs_bits: Bits::B6, ag_bits: Bits::B4, group_size: GroupSize::G256 }));
+    assert_eq!(Quantization::parse("INT4-g32").unwrap(), Quantization::Int(Quantized::new(Bits::B4, Bits::B4, GroupSize::G32)));
+    assert_eq!(Quantization::parse("int6-int4-g256").unwrap(), Quantization::Int(Quantized::new(Bits::B6, Bits::B4, GroupSize::G256)));
+    let k = |n| Spikes::new(n).unwrap();
+    assert_eq!(
+        Quantization::parse("int4k4-int8").unwrap(),
+        Quantization::Int(Quantized::new(Bits::B4, Bits::B8, GroupSize::G128).with_spikes(k(4), Spikes::NONE))
+    );
+    assert_eq!(Quantization::parse("int8k1-g64").unwrap(), Quantization::Int(Quantized::new(Bits::B8, Bits::B8, GroupSize::G64).with_spikes(k(1), k(1))));
+    assert_eq!(Quantization::parse("INT4K8-int8k2").unwrap().label(), "int4k8-int8k2-g128");
     assert_eq!(Quantization::parse("none").unwrap(), Quantization::None);
-    for bad in ["int5", "q8", "q4q8", "int8-g100", "int8-gx", "fp8", "int4-8", "int4-int8-int8", "", "off"] {
+    for bad in ["int4k3", "int4k16", "int4k", "k4", "int4-int8k-g128", "int5", "q8", "q4q8", "int8-g100", "int8-gx", "fp8", "int4-8", "int4-int8-int8", "", "off"] {
         assert!(matches!(Quantization::parse(bad), Err(Error::InvalidConfig(_))), "{bad}");
     }
     assert_eq!(Algorithm::parse("TwoShot").unwrap(), Algorithm::TwoShot);

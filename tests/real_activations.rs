@@ -21,7 +21,7 @@ fn reference_within_bound_on_real_activations() {
         for &rs in Bits::ALL {
             for &ag in Bits::ALL {
                 for g in GroupSize::ALL {
-                    settings.push(Quantization::Int(Quantized { rs_bits: rs, ag_bits: ag, group_size: g }));
+                    settings.push(Quantization::Int(Quantized::new(rs, ag, g)));
                 }
             }
         }
@@ -39,7 +39,7 @@ fn reference_within_bound_on_real_activations() {
         // is a multiple of 32 and 64): reducing the first token alone gives
         // the same bits as within the whole batch (batch invariance).
         for g in [GroupSize::G32, GroupSize::G64] {
-            let q = Quantization::Int(Quantized { rs_bits: Bits::B8, ag_bits: Bits::B8, group_size: g });
+            let q = Quantization::Int(Quantized::new(Bits::B8, Bits::B8, g));
             let whole = reference_all_reduce(&refs, &q).unwrap();
             let first: Vec<&[half::bf16]> = t.partials.iter().map(|v| &v[..t.hidden]).collect();
             assert_eq!(reference_all_reduce(&first, &q).unwrap(), whole[..t.hidden], "{} {}", t.name, q.label());

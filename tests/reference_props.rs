@@ -1,16 +1,18 @@
 //! Property tests of the CPU reference reducer against the exact sum.
 use flashcomm::reference::{error_bound, exact_sum_f64, reference_all_reduce};
 use flashcomm::synth::Rng;
+use flashcomm::Spikes;
 use flashcomm::{Bits, Error, GroupSize, HostElement, Quantization, Quantized};
 use half::{bf16, f16};
 use proptest::prelude::*;
 
 fn quant_strategy() -> impl Strategy<Value = Quantization> {
     let bits = proptest::sample::select(Bits::ALL);
+    let spikes = proptest::sample::select(&Spikes::ALL[..]);
     prop_oneof![
         1 => Just(Quantization::None),
-        6 => (bits.clone(), bits, proptest::sample::select(&GroupSize::ALL[..]))
-            .prop_map(|(rs_bits, ag_bits, group_size)| Quantization::Int(Quantized { rs_bits, ag_bits, group_size })),
+        6 => (bits.clone(), bits, proptest::sample::select(&GroupSize::ALL[..]), spikes.clone(), spikes)
+            .prop_map(|(rs, ag, group_size, rs_k, ag_k)| Quantization::Int(Quantized::new(rs, ag, group_size).with_spikes(rs_k, ag_k))),
     ]
 }
 
@@ -107,8 +109,8 @@ fn nan_in_one_rank_poisons_exactly_its_group() {
 
 #[test]
 fn bad_inputs_are_typed_errors() {
-    let a = vec![bf16::ONE; 10];
-    let b = vec![bf16::ONE; 11];
+    let a = [bf16::ONE; 10];
+    let b = [bf16::ONE; 11];
     assert!(matches!(reference_all_reduce(&[&a[..], &b[..]], &Quantization::INT8), Err(Error::LengthMismatch { rank: 1, .. })));
     assert!(matches!(reference_all_reduce::<bf16>(&[], &Quantization::INT8), Err(Error::WorldSize { .. })));
     let nine: Vec<&[bf16]> = vec![&a[..]; 9];

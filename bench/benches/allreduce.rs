@@ -1,7 +1,7 @@
 //! All-reduce benchmark: flashcomm against NCCL on this host's GPUs.
 //!
 //! `cargo bench --bench allreduce -- [--quick] [--worlds 2,4] [--iters N] [--sizes 16K,1M]
-//! [--graphs K] [--shared-gpu] [--out DIR]` (staged by `scripts/gpu-suite.sh` and run on
+//! [--graphs K] [--shared-gpu] [--flash LIST] [--out DIR]` (staged by `scripts/gpu-suite.sh` and run on
 //! the GPU host as `scripts/gpu-suite.sh remote bench`). `--graphs K` times
 //! CUDA-graph replays of K back-to-back calls for every contender;
 //! `--shared-gpu` is a smoke test of the harness with every rank on GPU 0
@@ -43,6 +43,10 @@ fn main() {
             "--shared-gpu" => opts.shared_gpu = true,
             "--transports" => opts.contenders = flashcomm_bench::transport_contenders(),
             "--phases" => opts.contenders = flashcomm_bench::phase_contenders(),
+            "--flash" => {
+                let list = it.next().expect("--flash int8,int4k4-int8");
+                opts.contenders = flashcomm_bench::flash_contenders(list).expect("quantization settings");
+            }
             "--sizes" => {
                 opts.sizes = it.next().expect("--sizes 16K,1M").split(',').map(parse_size).collect();
             }

@@ -119,7 +119,7 @@ impl Contender {
         match *self {
             Contender::Nccl => CallOptions::default(),
             Contender::Flashcomm(a, q) => CallOptions { algorithm: Some(a), quantization: Some(q), ..Default::default() },
-            Contender::WithTransport(a, q, t) => CallOptions { algorithm: Some(a), quantization: Some(q), transport: Some(t), ..Default::default() },
+            Contender::WithTransport(a, q, t) => CallOptions { algorithm: Some(a), quantization: Some(q), transport: Some(t) },
             Contender::Diagnostic(a, q, _) => CallOptions { algorithm: Some(a), quantization: Some(q), ..Default::default() },
         }
     }
@@ -134,9 +134,8 @@ impl Contender {
             // Half of every LL line is flags.
             Contender::Flashcomm(Algorithm::OneShotLl, _) => 2.0 * (w - 1.0) * s,
             Contender::Flashcomm(_, Quantization::Int(q)) => {
-                let per = |w: flashcomm::Wire| flashcomm::device::codec::ShardLayout::bytes_per_element(w, q.group_size.get()) / 2.0;
-                let (rs, ag) = q.wires();
-                (w - 1.0) / w * s * (per(rs) + per(ag))
+                let (rs, ag) = q.bits_per_element();
+                (w - 1.0) / w * s * (rs + ag) / 16.0
             }
             Contender::Flashcomm(_, Quantization::None) => 2.0 * (w - 1.0) / w * s,
             Contender::WithTransport(a, q, _) | Contender::Diagnostic(a, q, _) => Contender::Flashcomm(*a, *q).link_bytes(bytes, world),
@@ -159,6 +158,16 @@ pub fn default_contenders() -> Vec<Contender> {
         Contender::Flashcomm(Algorithm::Auto, Quantization::None),
         Contender::Flashcomm(Algorithm::Auto, Quantization::INT8),
     ]
+}
+
+/// NCCL and Flash with each setting of a comma-separated list
+/// (`int8,int4k4-int8`, spelled as `Quantization::parse` reads them).
+pub fn flash_contenders(list: &str) -> Result<Vec<Contender>, flashcomm::Error> {
+    let mut v = vec![Contender::Nccl];
+    for setting in list.split(',').filter(|s| !s.trim().is_empty()) {
+        v.push(Contender::Flashcomm(Algorithm::Flash, Quantization::parse(setting)?));
+    }
+    Ok(v)
 }
 
 /// Where the time goes: each two-shot variant whole, without one phase's

@@ -13,9 +13,9 @@
 //! this process), `id [ADDR]` (a new bootstrap unique id for a launcher that
 //! starts one process per rank, rank 0 listening at ADDR, default
 //! 127.0.0.1:29517), `ptx` (print the embedded PTX).
-use flashcomm::device::codec::ShardLayout;
 use flashcomm::reference::{exact_sum_f64, reference_all_reduce, round_trip_group};
-use flashcomm::{Bits, GroupSize, Quantization, Quantized, Wire};
+use flashcomm::Spikes;
+use flashcomm::{Bits, GroupSize, Quantization, Quantized};
 use half::bf16;
 use std::process::ExitCode;
 
@@ -120,18 +120,21 @@ fn codec_table() -> Result<(), String> {
         &exact,
     );
     println!("| none (bf16 two-shot) | - | 2.000 | 0 | {none_rel:.2e} | {none_max:.2e} |");
-    for (rs, ag) in [(Bits::B8, Bits::B8), (Bits::B4, Bits::B8), (Bits::B6, Bits::B6), (Bits::B4, Bits::B4)] {
+    let k4 = Spikes::new(4).expect("a supported count");
+    let settings = [(Bits::B8, Bits::B8, Spikes::NONE), (Bits::B4, Bits::B8, Spikes::NONE), (Bits::B6, Bits::B6, Spikes::NONE), (Bits::B4, Bits::B4, Spikes::NONE), (Bits::B4, Bits::B8, k4), (Bits::B4, Bits::B4, k4)];
+    for (rs, ag, spikes) in settings {
         for group_size in GroupSize::ALL {
             let g = group_size.get();
             let mut rt: Vec<f32> = ranks[0].iter().map(|v| v.to_f32()).collect();
             for group in rt.chunks_mut(g) {
-                round_trip_group(group, rs);
+                round_trip_group::<flashcomm::device::codec::Bf16>(group, rs, spikes);
             }
             let (codec_rel, _) = rel_l2(rt.iter().map(|&v| v as f64), &x0);
-            let q = Quantized { rs_bits: rs, ag_bits: ag, group_size };
+            let q = Quantized::new(rs, ag, group_size).with_spikes(spikes, spikes);
             let out = reference_all_reduce(&refs, &Quantization::Int(q)).map_err(|e| e.to_string())?;
             let (red_rel, red_max) = rel_l2(out.iter().map(|v| v.to_f32() as f64), &exact);
-            let bpe = (ShardLayout::bytes_per_element(Wire::Quantized(rs), g) + ShardLayout::bytes_per_element(Wire::Quantized(ag), g)) / 2.0;
+            let (rs_bits, ag_bits) = q.bits_per_element();
+            let bpe = (rs_bits + ag_bits) / 16.0;
             println!("| {} | {g} | {bpe:.3} | {codec_rel:.2e} | {red_rel:.2e} | {red_max:.2e} |", q.label());
         }
     }
@@ -150,18 +153,20 @@ fn gpu_check() -> Result<(), String> {
         let data = flashcomm::synth::rank_activations::<bf16>(i as u64, 1, len, 4096).remove(0);
         for &bits in Bits::ALL {
             for g in GroupSize::ALL {
-                let input = stream.clone_htod(&data).map_err(|e| e.to_string())?;
-                let mut blob = stream.alloc_zeros::<u8>(GpuCodec::blob_bytes(len, bits, g)).map_err(|e| e.to_string())?;
-                let mut out = stream.clone_htod(&vec![bf16::from_bits(0xFFFF); len]).map_err(|e| e.to_string())?;
-                codec.quantize(&input, bits, g, &mut blob).map_err(|e| e.to_string())?;
-                codec.dequantize(&blob, bits, g, &mut out).map_err(|e| e.to_string())?;
-                let got = stream.clone_dtoh(&out).map_err(|e| e.to_string())?;
-                let host_blob = quantize_blob(&data, bits, g);
-                let want: Vec<bf16> = dequantize_blob(&host_blob, len, bits, g).map_err(|e| e.to_string())?;
-                if let Some(k) = (0..len).find(|&k| got[k].to_bits() != want[k].to_bits()) {
-                    return Err(format!("len {len} {} g{}: element {k} is {} on the GPU, {} on the host", bits.name(), g.get(), got[k], want[k]));
+                for spikes in [Spikes::NONE, Spikes::new(1).expect("supported"), Spikes::MAX] {
+                    let input = stream.clone_htod(&data).map_err(|e| e.to_string())?;
+                    let mut blob = stream.alloc_zeros::<u8>(GpuCodec::blob_bytes(len, bits, g, spikes)).map_err(|e| e.to_string())?;
+                    let mut out = stream.clone_htod(&vec![bf16::from_bits(0xFFFF); len]).map_err(|e| e.to_string())?;
+                    codec.quantize(&input, (bits, g, spikes), &mut blob).map_err(|e| e.to_string())?;
+                    codec.dequantize(&blob, (bits, g, spikes), &mut out).map_err(|e| e.to_string())?;
+                    let got = stream.clone_dtoh(&out).map_err(|e| e.to_string())?;
+                    let host_blob = quantize_blob(&data, bits, g, spikes);
+                    let want: Vec<bf16> = dequantize_blob(&host_blob, len, bits, g, spikes).map_err(|e| e.to_string())?;
+                    if let Some(k) = (0..len).find(|&k| got[k].to_bits() != want[k].to_bits()) {
+                        return Err(format!("len {len} {} g{} k{}: element {k} is {} on the GPU, {} on the host", bits.name(), g.get(), spikes.get(), got[k], want[k]));
+                    }
+                    checked += 1;
                 }
-                checked += 1;
             }
         }
     }

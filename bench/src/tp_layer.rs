@@ -173,7 +173,7 @@ struct Split {
 
 impl Split {
     fn new(s: &LayerShape, world: usize) -> flashcomm::Result<Self> {
-        if s.q_heads % world != 0 || s.kv_heads % world != 0 || s.intermediate % world != 0 {
+        if !s.q_heads.is_multiple_of(world) || !s.kv_heads.is_multiple_of(world) || !s.intermediate.is_multiple_of(world) {
             return Err(flashcomm::Error::InvalidConfig(format!("{s:?} does not split {world} ways")));
         }
         let (q, kv) = (s.q_heads / world * s.head_dim, s.kv_heads / world * s.head_dim);
@@ -201,6 +201,7 @@ fn filled(stream: &std::sync::Arc<flashcomm::cudarc::driver::CudaStream>, len: u
 
 /// `c [T, n] = a [T, k] (row stride lda) x w [k, n]`, row-major, bf16 with
 /// f32 accumulation (cuBLAS is column-major: `c^T = w^T a^T`).
+#[allow(clippy::too_many_arguments)] // the GEMM's own shape and strides
 fn matmul(blas: &CudaBlas, t: usize, k: usize, n: usize, a: &CudaView<bf16>, lda: usize, w: &CudaSlice<bf16>, c: &mut CudaSlice<bf16>) -> flashcomm::Result<()> {
     let cfg = GemmConfig {
         transa: cublasOperation_t::CUBLAS_OP_N,

@@ -4,10 +4,13 @@
 //! [`Quantization::label`], the `FLASHCOMM_*` environment variables, the
 //! benchmark and the perplexity tool: `none`, `int8`, `int4-int8` (the
 //! reduce-scatter's width first), each optionally followed by `-g<G>` for a
-//! group size other than 128 (`label` always prints it: `int8-g128`).
+//! group size other than 128 (`label` always prints it: `int8-g128`). A
+//! width may carry spike reserving, `k<N>` spikes per group
+//! (`codec::spikes`): `int4k4-int8` keeps 4 spikes per group in the
+//! reduce-scatter, none in the all-gather; `int8k1` one in both steps.
 use crate::error::{Error, Result};
 use flashcomm_kernels::abi::Transport;
-use flashcomm_kernels::codec::{Bits, GroupSize, Wire};
+use flashcomm_kernels::codec::{Bits, GroupSize, Spikes, Wire};
 use std::time::Duration;
 
 /// A quantized setting (Flash All-Reduce): the code width of each step and
@@ -20,21 +23,44 @@ pub struct Quantized {
     pub ag_bits: Bits,
     /// Elements per quantization group.
     pub group_size: GroupSize,
+    /// Spikes per group kept exactly in the reduce-scatter step.
+    pub rs_spikes: Spikes,
+    /// Spikes per group kept exactly in the all-gather step.
+    pub ag_spikes: Spikes,
 }
 
 impl Quantized {
+    /// A setting without spikes.
+    pub const fn new(rs_bits: Bits, ag_bits: Bits, group_size: GroupSize) -> Self {
+        Self { rs_bits, ag_bits, group_size, rs_spikes: Spikes::NONE, ag_spikes: Spikes::NONE }
+    }
+
+    /// The same setting with these spike counts.
+    pub const fn with_spikes(self, rs_spikes: Spikes, ag_spikes: Spikes) -> Self {
+        Self { rs_spikes, ag_spikes, ..self }
+    }
+
     /// The wire formats of the two steps.
     pub fn wires(&self) -> (Wire, Wire) {
         (Wire::Quantized(self.rs_bits), Wire::Quantized(self.ag_bits))
     }
 
-    /// `int8-g128`, `int4-int8-g64`, ... (see the [module docs](self)).
+    /// Bits per element that cross the link in each step, for full groups:
+    /// codes, parameters (64 bits per group) and spikes (24 bits each).
+    pub fn bits_per_element(&self) -> (f64, f64) {
+        let g = self.group_size.get();
+        let per = |bits: Bits, spikes: Spikes| 8.0 * flashcomm_kernels::codec::ShardLayout::bytes_per_element(Wire::Quantized(bits), g, spikes.get());
+        (per(self.rs_bits, self.rs_spikes), per(self.ag_bits, self.ag_spikes))
+    }
+
+    /// `int8-g128`, `int4k4-int8-g64`, ... (see the [module docs](self)).
     pub fn label(&self) -> String {
-        let widths = if self.rs_bits == self.ag_bits {
-            self.rs_bits.name().to_string()
-        } else {
-            format!("{}-{}", self.rs_bits.name(), self.ag_bits.name())
+        let step = |bits: Bits, spikes: Spikes| match spikes.get() {
+            0 => bits.name().to_string(),
+            k => format!("{}k{k}", bits.name()),
         };
+        let (rs, ag) = (step(self.rs_bits, self.rs_spikes), step(self.ag_bits, self.ag_spikes));
+        let widths = if rs == ag { rs } else { format!("{rs}-{ag}") };
         format!("{widths}-g{}", self.group_size.get())
     }
 }
@@ -50,16 +76,16 @@ pub enum Quantization {
 
 impl Quantization {
     /// INT8 in both steps, groups of 128.
-    pub const INT8: Self = Self::Int(Quantized { rs_bits: Bits::B8, ag_bits: Bits::B8, group_size: GroupSize::G128 });
+    pub const INT8: Self = Self::Int(Quantized::new(Bits::B8, Bits::B8, GroupSize::G128));
     /// The paper's "INT6": INT4 in the reduce-scatter, INT8 in the all-gather, groups of 128.
-    pub const INT4_INT8: Self = Self::Int(Quantized { rs_bits: Bits::B4, ag_bits: Bits::B8, group_size: GroupSize::G128 });
+    pub const INT4_INT8: Self = Self::Int(Quantized::new(Bits::B4, Bits::B8, GroupSize::G128));
     /// INT4 in both steps, groups of 128.
-    pub const INT4: Self = Self::Int(Quantized { rs_bits: Bits::B4, ag_bits: Bits::B4, group_size: GroupSize::G128 });
+    pub const INT4: Self = Self::Int(Quantized::new(Bits::B4, Bits::B4, GroupSize::G128));
 
     /// A quantized setting from its parts; a bad group size is a typed error.
     pub fn int(rs_bits: Bits, ag_bits: Bits, group_size: usize) -> Result<Self> {
         let group_size = GroupSize::new(group_size).ok_or_else(|| bad_group(group_size))?;
-        Ok(Self::Int(Quantized { rs_bits, ag_bits, group_size }))
+        Ok(Self::Int(Quantized::new(rs_bits, ag_bits, group_size)))
     }
 
     /// The quantized setting, if any.
@@ -88,12 +114,24 @@ impl Quantization {
             Some((w, g)) => (w, g.parse::<usize>().map_err(|_| bad_setting(&text))?),
             None => (text.as_str(), 128),
         };
-        let width = |name: &str| Bits::ALL.iter().copied().find(|b| b.name() == name).ok_or_else(|| bad_setting(&text));
-        let (rs, ag) = match widths.split_once('-') {
-            Some((rs, ag)) => (width(rs)?, width(ag)?),
-            None => (width(widths)?, width(widths)?),
+        // A width, optionally with `k<N>` spikes.
+        let step = |token: &str| -> Result<(Bits, Spikes)> {
+            let (name, spikes) = match token.split_once('k') {
+                Some((name, k)) => {
+                    let k = k.parse::<usize>().map_err(|_| bad_setting(&text))?;
+                    (name, Spikes::new(k).ok_or_else(|| bad_spikes(k))?)
+                }
+                None => (token, Spikes::NONE),
+            };
+            let bits = Bits::ALL.iter().copied().find(|b| b.name() == name).ok_or_else(|| bad_setting(&text))?;
+            Ok((bits, spikes))
         };
-        Self::int(rs, ag, group)
+        let (rs, ag) = match widths.split_once('-') {
+            Some((rs, ag)) => (step(rs)?, step(ag)?),
+            None => (step(widths)?, step(widths)?),
+        };
+        let group_size = GroupSize::new(group).ok_or_else(|| bad_group(group))?;
+        Ok(Self::Int(Quantized::new(rs.0, ag.0, group_size).with_spikes(rs.1, ag.1)))
     }
 }
 
@@ -101,9 +139,15 @@ fn bad_setting(text: &str) -> Error {
     let widths: Vec<&str> = Bits::ALL.iter().map(|b| b.name()).collect();
     Error::InvalidConfig(format!(
         "cannot parse quantization {text:?}: use none, one width for both steps ({}), or two joined by '-' \
-         (reduce-scatter first, e.g. int4-int8), optionally followed by -g32, -g64, -g128 or -g256",
+         (reduce-scatter first, e.g. int4-int8), each optionally with k1, k2, k4 or k8 spikes per group \
+         (int4k4-int8), then optionally -g32, -g64, -g128 or -g256",
         widths.join(", ")
     ))
+}
+
+fn bad_spikes(k: usize) -> Error {
+    let counts: Vec<usize> = Spikes::ALL.iter().map(|s| s.get()).collect();
+    Error::InvalidConfig(format!("{k} spikes per group is not supported (use one of {counts:?})"))
 }
 
 fn bad_group(group_size: usize) -> Error {
@@ -341,8 +385,12 @@ mod tests {
         for &rs in Bits::ALL {
             for &ag in Bits::ALL {
                 for g in GroupSize::ALL {
-                    let q = Quantization::Int(Quantized { rs_bits: rs, ag_bits: ag, group_size: g });
-                    assert_eq!(Quantization::parse(&q.label()).unwrap(), q, "{}", q.label());
+                    for rs_k in Spikes::ALL {
+                        for ag_k in Spikes::ALL {
+                            let q = Quantization::Int(Quantized::new(rs, ag, g).with_spikes(rs_k, ag_k));
+                            assert_eq!(Quantization::parse(&q.label()).unwrap(), q, "{}", q.label());
+                        }
+                    }
                 }
             }
         }

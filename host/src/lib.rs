@@ -21,7 +21,7 @@ pub use error::{Error, Result};
 /// The device crate (codec, launch ABI, entry-point table).
 pub(crate) use flashcomm_kernels as device;
 pub use flashcomm_kernels::abi::{Link, PhaseSkip, Transport};
-pub use flashcomm_kernels::codec::{Bits, Dtype, GroupSize, Wire};
+pub use flashcomm_kernels::codec::{Bits, Dtype, GroupSize, Spikes, Wire};
 pub use flashcomm_kernels::entry::KernelId;
 
 pub mod bootstrap;

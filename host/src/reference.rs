@@ -4,11 +4,12 @@
 //! (`flashcomm_kernels::codec`). For per-rank inputs `x_r` (r = 0..W) it
 //! computes, group by group (groups of `G` elements from the start of the
 //! flattened message, the last one possibly short):
-//! 1. each rank's group is quantized with the reduce-scatter width and
-//!    decoded again;
+//! 1. each rank's group is quantized with the reduce-scatter width (and its
+//!    spikes, `codec::spikes`) and decoded again;
 //! 2. the decoded values are summed in f32 **in rank order 0..W-1** (the sum
 //!    starts from rank 0's value);
-//! 3. the summed group is re-quantized with the all-gather width and decoded;
+//! 3. the summed group is re-quantized with the all-gather width (and
+//!    spikes) and decoded;
 //! 4. the result is rounded to the element type (nearest even, canonical NaN).
 //!
 //! Shard and piece boundaries do not appear: they fall on group boundaries
@@ -22,7 +23,8 @@ use crate::error::{Error, Result};
 use flashcomm_kernels::abi::MAX_WORLD;
 use flashcomm_kernels::codec::layout::plane_bits;
 use flashcomm_kernels::codec::quant::{nan_max, nan_min};
-use flashcomm_kernels::codec::{Bits, Encoder, GroupParams, GroupSize, PackedChunk, ShardLayout, Wire, CHUNK};
+use flashcomm_kernels::codec::spikes::{key_is_non_finite, key_position, key_value, spike_key};
+use flashcomm_kernels::codec::{Bits, Element, Encoder, GroupParams, GroupSize, PackedChunk, ShardLayout, Spikes, Wire, CHUNK};
 use std::ops::Range;
 
 fn check_inputs<T>(inputs: &[&[T]]) -> Result<usize> {
@@ -38,7 +40,7 @@ fn check_inputs<T>(inputs: &[&[T]]) -> Result<usize> {
     Ok(n)
 }
 
-/// Parameters of one group of f32 values (NaN-propagating min/max).
+/// Parameters of one group of f32 values (NaN-propagating min/max), without spikes.
 pub fn group_params(values: &[f32], bits: Bits) -> GroupParams {
     let (mn, mx) = values
         .iter()
@@ -46,12 +48,87 @@ pub fn group_params(values: &[f32], bits: Bits) -> GroupParams {
     GroupParams::from_min_max(mn, mx, bits.bits())
 }
 
-/// Quantizes and decodes one group in place (one codec round trip).
-pub fn round_trip_group(values: &mut [f32], bits: Bits) {
-    let params = group_params(values, bits);
-    let encoder = Encoder::new(params, bits.bits());
-    for v in values.iter_mut() {
-        *v = params.decode(encoder.encode(*v), bits.bits());
+/// One group of one step as the kernels encode it (`codec::spikes` has the
+/// definition): the parameters and the spike keys, largest first (key 0:
+/// an empty slot).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EncodedGroup {
+    /// The group's parameters.
+    pub params: GroupParams,
+    /// The keys of the spikes (`spikes.get()` of them are used).
+    pub keys: [u32; Spikes::MAX.get()],
+    /// Spikes per group.
+    pub spikes: Spikes,
+}
+
+impl EncodedGroup {
+    /// Encodes `values` (one group, its valid elements) with `bits` and
+    /// `spikes`, elements of type `E`.
+    pub fn new<E: Element>(values: &[f32], bits: Bits, spikes: Spikes) -> Self {
+        let k = spikes.get();
+        let mut keys = [0u32; Spikes::MAX.get()];
+        if k == 0 {
+            return Self { params: group_params(values, bits), keys, spikes };
+        }
+        let mut all: Vec<u32> = values.iter().enumerate().map(|(p, &v)| spike_key(E::from_f32(v), p as u32)).collect();
+        all.sort_unstable_by(|a, b| b.cmp(a));
+        for (slot, &key) in keys.iter_mut().zip(&all).take(k) {
+            *slot = key;
+        }
+        let is_spike = |p: usize| keys[..k].iter().any(|&key| key != 0 && key_position(key) as usize == p);
+        let (mn, mx) = values
+            .iter()
+            .enumerate()
+            .filter(|&(p, _)| !is_spike(p))
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(mn, mx), (_, &v)| (nan_min(mn, v), nan_max(mx, v)));
+        let params = if key_is_non_finite::<E>(keys[0]) {
+            GroupParams::NON_FINITE
+        } else if values.len() <= k {
+            GroupParams::ZERO
+        } else {
+            GroupParams::from_min_max(mn, mx, bits.bits())
+        };
+        Self { params, keys, spikes }
+    }
+
+    /// The value bits stored for spike slot `j` (the canonical NaN in a
+    /// non-finite group).
+    pub fn spike_value<E: Element>(&self, j: usize) -> u16 {
+        if self.params.is_finite() {
+            key_value(self.keys[j])
+        } else {
+            E::CANONICAL_NAN
+        }
+    }
+
+    /// The position stored for spike slot `j` (255 in a non-finite group).
+    pub fn spike_position(&self, j: usize) -> u32 {
+        if self.params.is_finite() {
+            key_position(self.keys[j])
+        } else {
+            255
+        }
+    }
+
+    /// The decoded value of group position `p` whose code is `q`.
+    pub fn decode<E: Element>(&self, p: usize, q: u32, bits: Bits) -> f32 {
+        let mut v = self.params.decode(q, bits.bits());
+        for j in 0..self.spikes.get() {
+            if self.spike_position(j) as usize == p {
+                v = E::to_f32(self.spike_value::<E>(j));
+            }
+        }
+        v
+    }
+}
+
+/// Quantizes and decodes one group in place (one codec round trip of one
+/// step), elements of type `E`.
+pub fn round_trip_group<E: Element>(values: &mut [f32], bits: Bits, spikes: Spikes) {
+    let group = EncodedGroup::new::<E>(values, bits, spikes);
+    let encoder = Encoder::new(group.params, bits.bits());
+    for (p, v) in values.iter_mut().enumerate() {
+        *v = group.decode::<E>(p, encoder.encode(*v), bits);
     }
 }
 
@@ -75,6 +152,7 @@ pub fn reference_all_reduce<T: HostElement>(inputs: &[&[T]], quant: &Quantizatio
         }
         Quantization::Int(q) => {
             let (rs_bits, ag_bits, group_size) = (q.rs_bits, q.ag_bits, q.group_size.get());
+            type E<T> = <T as HostElement>::Device;
             let mut acc = vec![0.0f32; group_size];
             let mut part = vec![0.0f32; group_size];
             for start in (0..n).step_by(group_size) {
@@ -83,12 +161,12 @@ pub fn reference_all_reduce<T: HostElement>(inputs: &[&[T]], quant: &Quantizatio
                     for (p, v) in part[..m].iter_mut().zip(&x[start..start + m]) {
                         *p = v.to_f32();
                     }
-                    round_trip_group(&mut part[..m], rs_bits);
+                    round_trip_group::<E<T>>(&mut part[..m], rs_bits, q.rs_spikes);
                     for (a, &p) in acc[..m].iter_mut().zip(&part[..m]) {
                         *a = if r == 0 { p } else { *a + p };
                     }
                 }
-                round_trip_group(&mut acc[..m], ag_bits);
+                round_trip_group::<E<T>>(&mut acc[..m], ag_bits, q.ag_spikes);
                 out.extend(acc[..m].iter().map(|&v| T::from_f32(v)));
             }
         }
@@ -164,35 +242,43 @@ fn min_max(values: impl Iterator<Item = f64>) -> (f64, f64) {
 }
 
 /// Layout of the blob the single-GPU codec kernels write for `len` elements.
-pub fn blob_layout(len: usize, bits: Bits, group_size: GroupSize) -> ShardLayout {
-    ShardLayout::new(len.div_ceil(group_size.get()), group_size.get(), Wire::Quantized(bits))
+pub fn blob_layout(len: usize, bits: Bits, group_size: GroupSize, spikes: Spikes) -> ShardLayout {
+    ShardLayout::new(len.div_ceil(group_size.get()), group_size.get(), Wire::Quantized(bits)).with_spikes(spikes.get())
 }
 
-/// The byte ranges of a blob that hold data (codes of every group slot and the
-/// parameters); padding between regions is left out.
-pub fn blob_data_ranges(layout: &ShardLayout) -> [Range<usize>; 3] {
+/// The byte ranges of a blob that hold data (codes of every group slot, the
+/// parameters and the spikes); padding between regions is left out.
+pub fn blob_data_ranges(layout: &ShardLayout) -> [Range<usize>; 5] {
     let primary = 0..layout.slots() * layout.primary_bits() / 8;
     let secondary = layout.secondary_offset()..layout.secondary_offset() + layout.slots() * plane_bits(layout.wire).1 as usize / 8;
     let params = layout.params_offset()..layout.params_offset() + layout.groups * 8;
-    [primary, secondary, params]
+    let spike_values = layout.spike_values_offset()..layout.spike_values_offset() + layout.groups * layout.spikes * 2;
+    let spike_positions = layout.spike_positions_offset()..layout.spike_positions_offset() + layout.groups * layout.spikes;
+    [primary, secondary, params, spike_values, spike_positions]
 }
 
 /// Host twin of the `codec_quantize_*` kernels: `input` as one shard, groups
 /// from element 0, encoded into a blob of [`blob_layout`] (padding zeroed).
-pub fn quantize_blob<T: HostElement>(input: &[T], bits: Bits, group_size: GroupSize) -> Vec<u8> {
-    let layout = blob_layout(input.len(), bits, group_size);
+pub fn quantize_blob<T: HostElement>(input: &[T], bits: Bits, group_size: GroupSize, spikes: Spikes) -> Vec<u8> {
+    let layout = blob_layout(input.len(), bits, group_size, spikes);
     let mut blob = vec![0u8; layout.total_bytes()];
-    let (b, wire, group_size) = (bits.bits(), Wire::Quantized(bits), group_size.get());
+    let (b, wire, group_size, k) = (bits.bits(), Wire::Quantized(bits), group_size.get(), spikes.get());
     let mut values = vec![0.0f32; group_size];
     for (g, group) in input.chunks(group_size).enumerate() {
         for (v, x) in values.iter_mut().zip(group) {
             *v = x.to_f32();
         }
-        let params = group_params(&values[..group.len()], bits);
+        let encoded = EncodedGroup::new::<T::Device>(&values[..group.len()], bits, spikes);
+        let params = encoded.params;
         let encoder = Encoder::new(params, b);
         let p = layout.params_offset() + 8 * g;
         blob[p..p + 4].copy_from_slice(&params.center.to_bits().to_le_bytes());
         blob[p + 4..p + 8].copy_from_slice(&params.half_step.to_bits().to_le_bytes());
+        for j in 0..k {
+            let v = layout.spike_values_offset() + 2 * (k * g + j);
+            blob[v..v + 2].copy_from_slice(&encoded.spike_value::<T::Device>(j).to_le_bytes());
+            blob[layout.spike_positions_offset() + k * g + j] = encoded.spike_position(j) as u8;
+        }
         for c in 0..group_size / CHUNK {
             let mut codes = [0u32; CHUNK];
             for (i, code) in codes.iter_mut().enumerate() {
@@ -207,12 +293,12 @@ pub fn quantize_blob<T: HostElement>(input: &[T], bits: Bits, group_size: GroupS
 }
 
 /// Host twin of the `codec_dequantize_*` kernels.
-pub fn dequantize_blob<T: HostElement>(blob: &[u8], len: usize, bits: Bits, group_size: GroupSize) -> Result<Vec<T>> {
-    let layout = blob_layout(len, bits, group_size);
+pub fn dequantize_blob<T: HostElement>(blob: &[u8], len: usize, bits: Bits, group_size: GroupSize, spikes: Spikes) -> Result<Vec<T>> {
+    let layout = blob_layout(len, bits, group_size, spikes);
     if blob.len() < layout.total_bytes() {
         return Err(Error::BufferTooSmall { what: "blob", bytes: blob.len(), needed: layout.total_bytes() });
     }
-    let (b, wire, group_size) = (bits.bits(), Wire::Quantized(bits), group_size.get());
+    let (b, wire, group_size, k) = (bits.bits(), Wire::Quantized(bits), group_size.get(), spikes.get());
     let word = |at: usize| u32::from_le_bytes(blob[at..at + 4].try_into().unwrap());
     let mut out = Vec::with_capacity(len);
     for c in 0..len.div_ceil(CHUNK) {
@@ -220,8 +306,16 @@ pub fn dequantize_blob<T: HostElement>(blob: &[u8], len: usize, bits: Bits, grou
         let p = layout.params_offset() + 8 * g;
         let params = GroupParams { center: f32::from_bits(word(p)), half_step: f32::from_bits(word(p + 4)) };
         let codes = read_chunk(&layout, c, &word).unpack(wire);
-        for &q in codes.iter().take(len - c * CHUNK) {
-            out.push(T::from_f32(params.decode(q, b)));
+        for (i, &q) in codes.iter().enumerate().take(len - c * CHUNK) {
+            let at = (c * CHUNK + i) % group_size;
+            let mut v = params.decode(q, b);
+            for j in 0..k {
+                let vo = layout.spike_values_offset() + 2 * (k * g + j);
+                if blob[layout.spike_positions_offset() + k * g + j] as usize == at {
+                    v = T::Device::to_f32(u16::from_le_bytes([blob[vo], blob[vo + 1]]));
+                }
+            }
+            out.push(T::from_f32(v));
         }
     }
     Ok(out)

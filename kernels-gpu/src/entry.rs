@@ -6,7 +6,9 @@ use crate::codec::wire::kind;
 use crate::codec::{Dtype, Wire, WireKind};
 
 /// The entry-point name of a two-step kernel:
-/// `allreduce_twostep_<dtype>_<rs>_<ag>`, e.g. `allreduce_twostep_bf16_int4_int8`.
+/// `allreduce_twostep_<dtype>_<rs>_<ag>`, e.g. `allreduce_twostep_bf16_int4_int8`
+/// (with a prefix: `diag_` for the diagnostic kernels, `spiky_` for the
+/// kernels with spike reserving).
 #[macro_export]
 #[doc(hidden)]
 macro_rules! twostep_kernel_name {
@@ -42,6 +44,18 @@ macro_rules! twostep_table {
 }
 crate::twostep_wire_pairs! { twostep_table }
 
+macro_rules! spiky_table {
+    ($((($rv:ident $rn:ident $rb:literal) ($av:ident $an:ident $ab:literal)))*) => {
+        /// Every two-step kernel with spike reserving (`codec::spikes`; the
+        /// counts are arguments, 0 included): element type, wires, name.
+        pub const SPIKY_KERNELS: &[(Dtype, Wire, Wire, &str)] = &[
+            $((Dtype::Bf16, <kind::$rv as WireKind>::WIRE, <kind::$av as WireKind>::WIRE, crate::twostep_kernel_name!("spiky_", bf16, $rn, $an)),)*
+            $((Dtype::F16, <kind::$rv as WireKind>::WIRE, <kind::$av as WireKind>::WIRE, crate::twostep_kernel_name!("spiky_", f16, $rn, $an)),)*
+        ];
+    };
+}
+crate::twostep_wire_pairs! { quantized spiky_table }
+
 macro_rules! diagnostic_table {
     ($(($dtype:ident $elem:ident (($rv:ident $rn:ident $rb:literal) ($av:ident $an:ident $ab:literal))))*) => {
         /// Every diagnostic two-step kernel: element type, wires, entry-point name.
@@ -69,6 +83,10 @@ pub enum KernelId {
         rs: Wire,
         /// Wire of the all-gather.
         ag: Wire,
+        /// `spiky_allreduce_twostep_...`: with spike reserving (quantized
+        /// wires only). A kernel of its own, so the kernels without spikes
+        /// keep their code and registers.
+        spiky: bool,
     },
     /// `diag_allreduce_twostep_...`: a two-step kernel that can skip phases'
     /// data work (benchmark diagnostics; see [`PhaseSkip`](crate::abi::PhaseSkip)).
@@ -101,7 +119,8 @@ impl KernelId {
             KernelId::OneShot(Dtype::F16) => "allreduce_oneshot_f16",
             KernelId::OneShotLl(Dtype::Bf16) => "allreduce_oneshot_ll_bf16",
             KernelId::OneShotLl(Dtype::F16) => "allreduce_oneshot_ll_f16",
-            KernelId::TwoStep { dtype, rs, ag } => return find(TWOSTEP_KERNELS, dtype, rs, ag),
+            KernelId::TwoStep { dtype, rs, ag, spiky: false } => return find(TWOSTEP_KERNELS, dtype, rs, ag),
+            KernelId::TwoStep { dtype, rs, ag, spiky: true } => return find(SPIKY_KERNELS, dtype, rs, ag),
             KernelId::TwoStepDiagnostic { dtype, rs, ag } => return find(DIAGNOSTIC_KERNELS, dtype, rs, ag),
             KernelId::CodecQuantize(Dtype::Bf16) => "codec_quantize_bf16",
             KernelId::CodecQuantize(Dtype::F16) => "codec_quantize_f16",
@@ -115,11 +134,13 @@ impl KernelId {
     pub fn all() -> impl Iterator<Item = (KernelId, &'static str)> {
         let per_dtype =
             Dtype::ALL.into_iter().flat_map(|d| [KernelId::OneShot(d), KernelId::OneShotLl(d), KernelId::CodecQuantize(d), KernelId::CodecDequantize(d)]);
-        let twostep = TWOSTEP_KERNELS.iter().map(|&(dtype, rs, ag, _)| KernelId::TwoStep { dtype, rs, ag });
+        let twostep = TWOSTEP_KERNELS.iter().map(|&(dtype, rs, ag, _)| KernelId::TwoStep { dtype, rs, ag, spiky: false });
+        let spiky = SPIKY_KERNELS.iter().map(|&(dtype, rs, ag, _)| KernelId::TwoStep { dtype, rs, ag, spiky: true });
         let diagnostic = DIAGNOSTIC_KERNELS.iter().map(|&(dtype, rs, ag, _)| KernelId::TwoStepDiagnostic { dtype, rs, ag });
         core::iter::once(KernelId::PeerProbe)
             .chain(per_dtype)
             .chain(twostep)
+            .chain(spiky)
             .chain(diagnostic)
             .filter_map(|k| k.name().map(|n| (k, n)))
     }

@@ -2,6 +2,7 @@
 use crate::common::*;
 use flashcomm::reference::reference_all_reduce;
 use flashcomm::synth::Rng;
+use flashcomm::Spikes;
 use flashcomm::{Algorithm, Bits, CallOptions, Communicator, Config, GroupSize, HostElement, Link, Quantization, Quantized, Transport, KERNELS};
 use half::{bf16, f16};
 use std::collections::BTreeMap;
@@ -50,7 +51,10 @@ fn random_transport(rng: &mut Rng) -> Transport {
 
 fn random_quant(rng: &mut Rng) -> Quantization {
     let bits = |rng: &mut Rng| Bits::ALL[rng.range(0, Bits::ALL.len() - 1)];
-    Quantization::Int(Quantized { rs_bits: bits(rng), ag_bits: bits(rng), group_size: GroupSize::ALL[rng.range(0, GroupSize::ALL.len() - 1)] })
+    // Half the settings keep spikes (codec::spikes) in one step or both.
+    let spikes = |rng: &mut Rng| if rng.uniform() < 0.5 { Spikes::NONE } else { Spikes::ALL[rng.range(1, Spikes::ALL.len() - 1)] };
+    let q = Quantized::new(bits(rng), bits(rng), GroupSize::ALL[rng.range(0, GroupSize::ALL.len() - 1)]);
+    Quantization::Int(q.with_spikes(spikes(rng), spikes(rng)))
 }
 
 /// Random world sizes, lengths (1 to ~4M, log-uniform), element types,
@@ -282,8 +286,12 @@ pub fn real_activations_bit_exact() -> TestResult {
         let mut settings = vec![Quantization::None];
         for g in GroupSize::ALL {
             for (rs, ag) in [(Bits::B8, Bits::B8), (Bits::B4, Bits::B8), (Bits::B6, Bits::B6), (Bits::B4, Bits::B4)] {
-                settings.push(Quantization::Int(Quantized { rs_bits: rs, ag_bits: ag, group_size: g }));
+                settings.push(Quantization::Int(Quantized::new(rs, ag, g)));
             }
+        }
+        // Spike reserving, the settings docs/accuracy.md reports.
+        for setting in ["int4k4-int8", "int4k4", "int4k8", "int8k1", "int4k8-int8-g256", "int4k2-int8k2-g64", "int6k1-int4k4-g32"] {
+            settings.push(ctx(Quantization::parse(setting), "a spike setting")?);
         }
         for quantization in settings {
             let opts = CallOptions {

@@ -43,10 +43,13 @@ pub enum DataKind {
     NearLimits,
     /// Subnormals and tiny values.
     Subnormal,
+    /// A few magnitudes with random signs, zeros of both signs included:
+    /// ties everywhere for the spike selection (`codec::spikes`).
+    Ties,
 }
 
-pub const KINDS: [DataKind; 5] =
-    [DataKind::Activations, DataKind::Normal, DataKind::ConstantGroups, DataKind::NearLimits, DataKind::Subnormal];
+pub const KINDS: [DataKind; 6] =
+    [DataKind::Activations, DataKind::Normal, DataKind::ConstantGroups, DataKind::NearLimits, DataKind::Subnormal, DataKind::Ties];
 
 /// Per-rank inputs of `len` elements.
 pub fn make_inputs<T: HostElement>(rng: &mut Rng, kind: DataKind, world: usize, len: usize) -> Vec<Vec<T>> {
@@ -84,6 +87,13 @@ pub fn make_inputs<T: HostElement>(rng: &mut Rng, kind: DataKind, world: usize, 
                 };
                 (0..len).map(|_| T::from_f32(((rng.range(0, 2000) as f64 - 1000.0) * tiny) as f32)).collect()
             }
+            DataKind::Ties => (0..len)
+                .map(|_| {
+                    let magnitude = [0.0, 1.0, 2.0, 8.0][rng.range(0, 3)];
+                    let sign = if rng.uniform() < 0.5 { -1.0 } else { 1.0 };
+                    T::from_f32((sign * magnitude * scale) as f32)
+                })
+                .collect(),
         })
         .collect()
 }

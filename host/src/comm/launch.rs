@@ -117,6 +117,10 @@ impl Call {
             kernel_words(kernel),
             unit as u64,
             transport as u64,
+            match self.plan {
+                Plan::Flash(q) => (q.rs_spikes.get() | q.ag_spikes.get() << 8) as u64,
+                _ => 0,
+            },
         ])
     }
 }
@@ -216,7 +220,7 @@ impl Communicator {
         let r = &self.ranks[call.local];
         let kernel = match skip {
             Some(_) => KernelId::TwoStepDiagnostic { dtype: call.dtype, rs, ag },
-            None => KernelId::TwoStep { dtype: call.dtype, rs, ag },
+            None => KernelId::TwoStep { dtype: call.dtype, rs, ag, spiky: matches!(call.plan, Plan::Flash(q) if q.rs_spikes.get() + q.ag_spikes.get() > 0) },
         };
         let piece_len = balanced_piece(call.len, self.piece_elems(call.plan));
         let mut args = TwoStepArgs {
@@ -229,6 +233,8 @@ impl Communicator {
             shard_stride: self.peers.shard_stride as u64,
             shard_unit: unit as u32,
             transport,
+            rs_spikes: if let Plan::Flash(q) = call.plan { q.rs_spikes.get() as u32 } else { 0 },
+            ag_spikes: if let Plan::Flash(q) = call.plan { q.ag_spikes.get() as u32 } else { 0 },
             barrier: BarrierArgs { tag: call.tag(0, piece_len, kernel, unit, transport), ..r.barrier },
         };
         let tiles = ShardGeometry::new(piece_len.min(call.len), self.world_size(), unit).tiles.max(1) as u32;
@@ -368,7 +374,7 @@ impl Communicator {
 fn kernel_words(kernel: KernelId) -> u64 {
     let wire = |w: Wire| w.bits() as u64;
     match kernel {
-        KernelId::TwoStep { dtype, rs, ag } => (dtype as u64) << 16 | wire(rs) << 8 | wire(ag),
+        KernelId::TwoStep { dtype, rs, ag, spiky } => (spiky as u64) << 24 | (dtype as u64) << 16 | wire(rs) << 8 | wire(ag),
         KernelId::TwoStepDiagnostic { dtype, rs, ag } => 1 << 33 | (dtype as u64) << 16 | wire(rs) << 8 | wire(ag),
         KernelId::OneShot(dtype) => 1 << 32 | dtype as u64,
         KernelId::OneShotLl(dtype) => 1 << 34 | dtype as u64,
@@ -417,7 +423,7 @@ mod tests {
         let (rs, ag) = (Wire::Plain, Wire::Plain);
         let twostep = call(1 << 20, Plan::TwoShot);
         assert_ne!(
-            twostep.tag(0, 1 << 20, KernelId::TwoStep { dtype: Dtype::Bf16, rs, ag }, 256, 3),
+            twostep.tag(0, 1 << 20, KernelId::TwoStep { dtype: Dtype::Bf16, rs, ag, spiky: false }, 256, 3),
             twostep.tag(0, 1 << 20, KernelId::TwoStepDiagnostic { dtype: Dtype::Bf16, rs, ag }, 256, 3)
         );
     }

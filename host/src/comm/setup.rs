@@ -12,7 +12,7 @@ use crate::peer_buffer::PeerBuffer;
 use cudarc::driver::{sys, CudaContext, CudaStream};
 use flashcomm_kernels::abi::{sync_area, BarrierArgs, LL_LINE_BYTES, MAX_BLOCKS, MAX_WORLD, THREADS};
 use flashcomm_kernels::codec::layout::PLAIN_SHARD_UNIT;
-use flashcomm_kernels::codec::{Dtype, ShardLayout, Wire, CHUNK};
+use flashcomm_kernels::codec::{Bits, Dtype, GroupSize, ShardLayout, Spikes, Wire, CHUNK};
 use flashcomm_kernels::entry::KernelId;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -29,10 +29,16 @@ pub(super) struct Strides {
 
 impl Strides {
     pub(super) fn new(config: &Config, world: usize) -> Self {
-        // The plain (2 bytes/element) shard blob of the largest piece bounds
-        // every quantized blob (at most 1.25 bytes/element).
+        // The largest shard blob of the largest piece, over every format:
+        // plain (2 bytes/element) and every quantized one (up to 2 bytes
+        // per element with 8 spikes in groups of 32).
         let max_units = config.max_piece_elems.div_ceil(PLAIN_SHARD_UNIT).div_ceil(world);
-        let shard = ShardLayout::new(max_units, PLAIN_SHARD_UNIT, Wire::Plain).total_bytes().next_multiple_of(256);
+        let plain = ShardLayout::new(max_units, PLAIN_SHARD_UNIT, Wire::Plain).total_bytes();
+        let quantized = GroupSize::ALL.iter().flat_map(|g| {
+            let groups = config.max_piece_elems.div_ceil(g.get()).div_ceil(world);
+            Bits::ALL.iter().map(move |&b| ShardLayout::new(groups, g.get(), Wire::Quantized(b)).with_spikes(Spikes::MAX.get()).total_bytes())
+        });
+        let shard = quantized.fold(plain, usize::max).next_multiple_of(256);
         let oneshot = ShardLayout::new(oneshot_elems(config) / CHUNK, CHUNK, Wire::Plain).total_bytes().next_multiple_of(256);
         Self { shard, oneshot, ll: ONESHOT_GRID as usize * THREADS as usize * LL_LINE_BYTES }
     }

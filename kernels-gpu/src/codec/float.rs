@@ -40,10 +40,19 @@ pub trait Element: Copy + 'static {
     const DTYPE: Dtype;
     /// Canonical NaN produced by [`Element::from_f32`].
     const CANONICAL_NAN: u16;
+    /// The bits of +inf: magnitudes (bits without the sign) at or above it
+    /// are +-inf or NaN.
+    const INFINITY_MAGNITUDE: u16;
     /// Exact widening.
     fn to_f32(bits: u16) -> f32;
     /// Round to nearest even; NaN becomes [`Element::CANONICAL_NAN`].
     fn from_f32(x: f32) -> u16;
+    /// `from_f32(lo) | from_f32(hi) << 16`, except that a NaN's payload is
+    /// unspecified (one packed conversion on the GPU).
+    #[inline(always)]
+    fn from_f32_pair(lo: f32, hi: f32) -> u32 {
+        Self::from_f32(lo) as u32 | (Self::from_f32(hi) as u32) << 16
+    }
 }
 
 /// Marker type for IEEE binary16.
@@ -56,12 +65,20 @@ pub struct Bf16;
 impl Element for Bf16 {
     const DTYPE: Dtype = Dtype::Bf16;
     const CANONICAL_NAN: u16 = 0x7FC0;
+    const INFINITY_MAGNITUDE: u16 = 0x7F80;
+    #[cfg(target_arch = "nvptx64")]
+    #[inline(always)]
+    fn from_f32_pair(lo: f32, hi: f32) -> u32 {
+        crate::intrinsics::convert::cvt_rn_bf16x2_f32(hi, lo)
+    }
     #[inline(always)]
     fn to_f32(bits: u16) -> f32 {
         f32::from_bits((bits as u32) << 16)
     }
     #[inline(always)]
     fn from_f32(x: f32) -> u16 {
+        // `x != x`: NaN, without a call LLVM might not inline on the GPU.
+        #[allow(clippy::eq_op)]
         if x != x {
             return Self::CANONICAL_NAN;
         }
@@ -79,6 +96,12 @@ impl Element for Bf16 {
 impl Element for F16 {
     const DTYPE: Dtype = Dtype::F16;
     const CANONICAL_NAN: u16 = 0x7E00;
+    const INFINITY_MAGNITUDE: u16 = 0x7C00;
+    #[cfg(target_arch = "nvptx64")]
+    #[inline(always)]
+    fn from_f32_pair(lo: f32, hi: f32) -> u32 {
+        crate::intrinsics::convert::cvt_rn_f16x2_f32(hi, lo)
+    }
     #[inline(always)]
     fn to_f32(bits: u16) -> f32 {
         #[cfg(target_arch = "nvptx64")]
@@ -92,6 +115,8 @@ impl Element for F16 {
     }
     #[inline(always)]
     fn from_f32(x: f32) -> u16 {
+        // `x != x`: NaN, without a call LLVM might not inline on the GPU.
+        #[allow(clippy::eq_op)]
         if x != x {
             return Self::CANONICAL_NAN;
         }

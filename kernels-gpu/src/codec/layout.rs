@@ -9,12 +9,16 @@
 //! offset 0                  primary plane    groups*G*p/8 bytes, p = 8 (INT8) or 4 (INT4, INT6)
 //! secondary_offset()        secondary plane  groups*G/4 bytes (INT6 only: top two bits per code)
 //! params_offset()           parameters       groups * 8 bytes: per group [center: f32, half_step: f32]
+//! spike_values_offset()     spike values     groups * k * 2 bytes: per group k element-type values (k spikes)
+//! spike_positions_offset()  spike positions  groups * k bytes: per group k positions in the group
 //! ```
 //! Every group owns `G` code slots, also a short last group (its unused slots
 //! hold code 0). Chunk `c` (elements `16c..16c+16` of the shard) sits at byte
 //! `16c*p/8` of the primary plane and byte `4c` of the secondary plane (see
 //! [`PackedChunk`](super::PackedChunk) for the bit order); group `g`'s
-//! parameters sit at `params_offset() + 8g`. All numbers are little-endian.
+//! parameters sit at `params_offset() + 8g`, its spikes (see
+//! [`spikes`](super::spikes)) at `spike_values_offset() + 2kg` and
+//! `spike_positions_offset() + kg`. All numbers are little-endian.
 //!
 //! With [`Wire::Plain`] the blob is the shard's f16/bf16 elements (the
 //! unquantized two-shot), no parameters, permuted per warp so that each
@@ -66,6 +70,8 @@ pub struct ShardLayout {
     pub group_size: usize,
     /// The format.
     pub wire: Wire,
+    /// Spikes per group (0 for plain blobs).
+    pub spikes: usize,
 }
 
 #[inline(always)]
@@ -77,7 +83,13 @@ impl ShardLayout {
     /// Layout for `groups` groups of `group_size` elements in format `wire`.
     #[inline(always)]
     pub const fn new(groups: usize, group_size: usize, wire: Wire) -> Self {
-        Self { groups, group_size, wire }
+        Self { groups, group_size, wire, spikes: 0 }
+    }
+
+    /// The same layout with `spikes` spikes per group (quantized formats).
+    #[inline(always)]
+    pub const fn with_spikes(self, spikes: usize) -> Self {
+        Self { spikes, ..self }
     }
 
     /// Bits per element in the primary plane.
@@ -135,17 +147,29 @@ impl ShardLayout {
         }
     }
 
-    /// Total bytes of the blob.
+    /// Start of the spike values.
     #[inline(always)]
-    pub const fn total_bytes(&self) -> usize {
+    pub const fn spike_values_offset(&self) -> usize {
         self.params_offset() + self.params_bytes()
     }
 
-    /// Bytes per element, parameters included, for a full group (for
-    /// sizing and for bandwidth accounting).
-    pub fn bytes_per_element(wire: Wire, group_size: usize) -> f64 {
+    /// Start of the spike positions.
+    #[inline(always)]
+    pub const fn spike_positions_offset(&self) -> usize {
+        self.spike_values_offset() + round16(self.groups * self.spikes * 2)
+    }
+
+    /// Total bytes of the blob.
+    #[inline(always)]
+    pub const fn total_bytes(&self) -> usize {
+        self.spike_positions_offset() + round16(self.groups * self.spikes)
+    }
+
+    /// Bytes per element, parameters and spikes included, for a full group
+    /// (for sizing and for bandwidth accounting).
+    pub fn bytes_per_element(wire: Wire, group_size: usize, spikes: usize) -> f64 {
         if wire.is_quantized() {
-            wire.bits() as f64 / 8.0 + 8.0 / group_size as f64
+            wire.bits() as f64 / 8.0 + (8.0 + 3.0 * spikes as f64) / group_size as f64
         } else {
             2.0
         }

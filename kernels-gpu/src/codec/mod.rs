@@ -30,14 +30,21 @@
 //! element, or an f32 sum that overflows to inf, turns exactly that group
 //! into NaN on every rank's output. NaN outputs are the canonical NaN of the
 //! output type (`0x7FC0` for bf16, `0x7E00` for f16).
+//!
+//! **Spike reserving** ([`spikes`]): a step may keep its `k` largest-magnitude
+//! elements per group exactly (value and position); `mn`, `mx` are then
+//! those of the other elements. The module has the definition, its
+//! non-finite rule and its wire layout.
 pub mod float;
 pub mod layout;
 pub mod pack;
 pub mod quant;
+pub mod spikes;
 pub mod wire;
 
 pub use float::{Bf16, Dtype, Element, F16};
 pub use layout::{ShardLayout, CHUNK};
 pub use pack::PackedChunk;
 pub use quant::{levels, Encoder, GroupParams};
+pub use spikes::Spikes;
 pub use wire::{Bits, GroupSize, Wire, WireKind};

@@ -24,6 +24,9 @@ const _: () = assert!(core::mem::size_of::<GroupParams>() == 8);
 impl GroupParams {
     /// Parameters of a group that held NaN or +-inf: it decodes to NaN.
     pub const NON_FINITE: Self = Self { center: f32::NAN, half_step: f32::NAN };
+    /// Parameters of a group with no element left to quantize (every valid
+    /// element is a spike): every slot decodes to 0.
+    pub const ZERO: Self = Self { center: 0.0, half_step: 0.0 };
 
     /// Parameters for a group whose NaN-propagating min and max are `mn`, `mx`.
     /// An empty group (`mn = +inf`, `mx = -inf`) also yields [`Self::NON_FINITE`];

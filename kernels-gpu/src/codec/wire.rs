@@ -33,15 +33,23 @@ macro_rules! quantized_wires {
 
 /// Calls `$callback! { ((rs) (ag)) ... }` with the wire pairs of the two-step
 /// kernels, each side as `(Variant name bits)`: the plain pair first, then
-/// every (reduce-scatter, all-gather) pair of quantized formats.
+/// every (reduce-scatter, all-gather) pair of quantized formats
+/// (`twostep_wire_pairs!(quantized callback)`: those only).
 #[macro_export]
 #[doc(hidden)]
 macro_rules! twostep_wire_pairs {
+    // Only the pairs of quantized formats (the spiky kernels).
+    (quantized $callback:path) => {
+        $crate::quantized_wires! { $crate::twostep_wire_pairs, [@quantized $callback] }
+    };
     ($callback:path) => {
         $crate::quantized_wires! { $crate::twostep_wire_pairs, [@start $callback] }
     };
     ([@start $cb:path] $($w:tt)*) => {
         $crate::twostep_wire_pairs! { @rows $cb; [$($w)*]; [$($w)*]; [((Plain plain 16) (Plain plain 16))] }
+    };
+    ([@quantized $cb:path] $($w:tt)*) => {
+        $crate::twostep_wire_pairs! { @rows $cb; [$($w)*]; [$($w)*]; [] }
     };
     (@rows $cb:path; []; $all:tt; [$($acc:tt)*]) => {
         $cb! { $($acc)* }

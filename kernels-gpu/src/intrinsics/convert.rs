@@ -28,3 +28,22 @@ pub fn cvt_rn_bf16_f32(x: f32) -> u16 {
     unsafe { asm!("cvt.rn.bf16.f32 {0}, {1};", out(reg16) out, in(reg32) x, options(pure, nomem, nostack)) };
     out
 }
+
+/// `cvt.rn.bf16x2.f32`: `hi` and `lo` rounded to nearest even, packed with
+/// `hi` in the upper half (sm_80+).
+#[inline(always)]
+pub fn cvt_rn_bf16x2_f32(hi: f32, lo: f32) -> u32 {
+    let out: u32;
+    // SAFETY: register-only conversion.
+    unsafe { asm!("cvt.rn.bf16x2.f32 {0}, {1}, {2};", out(reg32) out, in(reg32) hi, in(reg32) lo, options(pure, nomem, nostack)) };
+    out
+}
+
+/// `cvt.rn.f16x2.f32`: as [`cvt_rn_bf16x2_f32`] for IEEE halves.
+#[inline(always)]
+pub fn cvt_rn_f16x2_f32(hi: f32, lo: f32) -> u32 {
+    let out: u32;
+    // SAFETY: register-only conversion.
+    unsafe { asm!("cvt.rn.f16x2.f32 {0}, {1}, {2};", out(reg32) out, in(reg32) hi, in(reg32) lo, options(pure, nomem, nostack)) };
+    out
+}

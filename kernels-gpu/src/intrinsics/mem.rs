@@ -46,6 +46,25 @@ global_load!(
     /// `ld.global.cg.u16`: L2 only, for data a peer wrote.
     ld_global_cg_u16, "ld.global.cg.u16", u16, reg16);
 
+/// `ld.global.cg.u8` into a 32-bit register: L2 only, for data a peer wrote.
+///
+/// # Safety
+/// `p` must point to a readable byte of global memory of this or a
+/// peer-mapped GPU.
+#[inline(always)]
+pub unsafe fn ld_global_cg_u8(p: *const u8) -> u32 {
+    let v: u32;
+    // SAFETY: the caller guarantees a valid global address.
+    unsafe {
+        asm!(
+            "{{ .reg .u64 g; cvta.to.global.u64 g, {p}; ld.global.cg.u8 {v}, [g]; }}",
+            p = in(reg64) p, v = out(reg32) v,
+            options(nostack, readonly, preserves_flags)
+        )
+    };
+    v
+}
+
 /// `ld.global.v4.u32`: one 16-byte load.
 ///
 /// # Safety
@@ -177,6 +196,21 @@ pub unsafe fn st_global_u16(p: *mut u16, v: u16) {
         asm!(
             "{{ .reg .u64 g; cvta.to.global.u64 g, {p}; st.global.u16 [g], {v}; }}",
             p = in(reg64) p, v = in(reg16) v, options(nostack, preserves_flags)
+        )
+    };
+}
+
+/// `st.global.u8` of the low byte of `v`.
+///
+/// # Safety
+/// As [`st_global_v4`], for one byte.
+#[inline(always)]
+pub unsafe fn st_global_u8(p: *mut u8, v: u32) {
+    // SAFETY: the caller guarantees a valid, exclusively owned address.
+    unsafe {
+        asm!(
+            "{{ .reg .u64 g; cvta.to.global.u64 g, {p}; st.global.u8 [g], {v}; }}",
+            p = in(reg64) p, v = in(reg32) v, options(nostack, preserves_flags)
         )
     };
 }

@@ -1,25 +1,29 @@
 //! Single-GPU codec kernels: quantize a buffer into one blob, and decode a
 //! blob back. They run the same chunk code as the all-reduce and are tested
 //! bit for bit against the host codec (the foundation's GPU test).
-use super::chunk::{decode_chunk, encode_chunk, fetch_chunk, load_elements, store_chunk, store_elements, ChunkPos};
+use super::chunk::{decode_chunk, encode_chunk, encode_spiky_chunk, fetch_chunk, load_words, offset_in_group, store_chunk, store_elements, unpack_words, ChunkPos};
 use crate::abi::THREADS;
 use crate::codec::wire::kind;
 use crate::codec::{Bf16, Element, ShardLayout, WireKind, CHUNK, F16};
 use crate::intrinsics::thread::{block_idx, grid_dim, thread_idx};
 
 #[inline(always)]
-unsafe fn quantize<E: Element, W: WireKind>(input: *const u16, len: usize, group_size: u32, blob: *mut u8) {
-    let layout = ShardLayout::new(len.div_ceil(group_size as usize), group_size as usize, W::WIRE);
+unsafe fn quantize<E: Element, W: WireKind, const SPIKY: bool>(input: *const u16, len: usize, group_size: u32, spikes: u32, blob: *mut u8) {
+    let layout = ShardLayout::new(len.div_ceil(group_size as usize), group_size as usize, W::WIRE).with_spikes(spikes as usize);
     let tiles = layout.slots().div_ceil(THREADS as usize * CHUNK);
     let mut t = block_idx() as usize;
     while t < tiles {
         let pos = ChunkPos::new(t * THREADS as usize + thread_idx() as usize, len, layout.slots());
         // SAFETY: caller contract: `len` input elements, a blob of `layout`.
         unsafe {
-            let x = load_elements::<E>(input.add(pos.index * CHUNK), pos.valid);
-            let wire = encode_chunk::<E, W>(&x, pos, group_size.trailing_zeros());
+            let words = load_words(input.add(pos.index * CHUNK), pos.valid);
+            let wire = if SPIKY {
+                encode_spiky_chunk::<E, W>(&words, || unpack_words::<E>(&words), pos, group_size.trailing_zeros(), layout.spikes)
+            } else {
+                encode_chunk::<E, W>(&unpack_words::<E>(&words), pos, group_size.trailing_zeros())
+            };
             if pos.in_slots {
-                store_chunk::<W>(blob, &layout, pos, &wire, group_size.trailing_zeros());
+                store_chunk::<W, SPIKY>(blob, &layout, pos, &wire, group_size.trailing_zeros());
             }
         }
         t += grid_dim() as usize;
@@ -27,8 +31,8 @@ unsafe fn quantize<E: Element, W: WireKind>(input: *const u16, len: usize, group
 }
 
 #[inline(always)]
-unsafe fn dequantize<E: Element, W: WireKind>(blob: *const u8, len: usize, group_size: u32, output: *mut u16) {
-    let layout = ShardLayout::new(len.div_ceil(group_size as usize), group_size as usize, W::WIRE);
+unsafe fn dequantize<E: Element, W: WireKind, const SPIKY: bool>(blob: *const u8, len: usize, group_size: u32, spikes: u32, output: *mut u16) {
+    let layout = ShardLayout::new(len.div_ceil(group_size as usize), group_size as usize, W::WIRE).with_spikes(spikes as usize);
     let tiles = layout.slots().div_ceil(THREADS as usize * CHUNK);
     let mut t = block_idx() as usize;
     while t < tiles {
@@ -36,7 +40,9 @@ unsafe fn dequantize<E: Element, W: WireKind>(blob: *const u8, len: usize, group
         if pos.valid > 0 {
             // SAFETY: caller contract: a blob of `layout`, `len` output elements.
             unsafe {
-                let x = decode_chunk::<E, W>(&fetch_chunk::<W>(blob, pos.index, &layout, group_size.trailing_zeros()));
+                let shift = group_size.trailing_zeros();
+                let wire = fetch_chunk::<W, SPIKY>(blob, pos.index, &layout, shift);
+                let x = decode_chunk::<E, W, SPIKY>(&wire, offset_in_group(pos.index, shift), layout.spikes);
                 store_elements::<E>(output.add(pos.index * CHUNK), pos.valid, &x);
             }
         }
@@ -68,11 +74,18 @@ macro_rules! codec_kernels {
         ///
         /// # Safety
         /// `input` holds `len` elements, 16-byte aligned; `blob` has room for
-        /// `ShardLayout::new(ceil(len / group_size), group_size, wire)`, 16-byte aligned.
+        /// `ShardLayout::new(ceil(len / group_size), group_size, wire).with_spikes(spikes)`,
+        /// 16-byte aligned.
         #[no_mangle]
-        pub unsafe extern "ptx-kernel" fn $quantize(input: *const u16, len: u64, group_size: u32, bits: u32, blob: *mut u8) {
+        pub unsafe extern "ptx-kernel" fn $quantize(input: *const u16, len: u64, group_size: u32, bits: u32, spikes: u32, blob: *mut u8) {
             // SAFETY: forwarded caller contract.
-            with_wire!(bits, W => unsafe { quantize::<$elem, W>(input, len as usize, group_size, blob) })
+            with_wire!(bits, W => unsafe {
+                if spikes == 0 {
+                    quantize::<$elem, W, false>(input, len as usize, group_size, spikes, blob)
+                } else {
+                    quantize::<$elem, W, true>(input, len as usize, group_size, spikes, blob)
+                }
+            })
         }
 
         /// Decodes a blob written by the matching quantize kernel.
@@ -80,9 +93,15 @@ macro_rules! codec_kernels {
         /// # Safety
         /// As the quantize kernel, with `output` holding `len` elements.
         #[no_mangle]
-        pub unsafe extern "ptx-kernel" fn $dequantize(blob: *const u8, len: u64, group_size: u32, bits: u32, output: *mut u16) {
+        pub unsafe extern "ptx-kernel" fn $dequantize(blob: *const u8, len: u64, group_size: u32, bits: u32, spikes: u32, output: *mut u16) {
             // SAFETY: forwarded caller contract.
-            with_wire!(bits, W => unsafe { dequantize::<$elem, W>(blob, len as usize, group_size, output) })
+            with_wire!(bits, W => unsafe {
+                if spikes == 0 {
+                    dequantize::<$elem, W, false>(blob, len as usize, group_size, spikes, output)
+                } else {
+                    dequantize::<$elem, W, true>(blob, len as usize, group_size, spikes, output)
+                }
+            })
         }
     )*};
 }

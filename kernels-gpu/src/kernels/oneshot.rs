@@ -65,7 +65,7 @@ unsafe fn oneshot<E: Element>(a: &OneShotArgs) {
                 // Rank-rotated destinations, mine first (no incast).
                 for i in 0..world {
                     let d = if me + i >= world { me + i - world } else { me + i };
-                    store_chunk::<Plain>((pick(&a.buffers, d) as *mut u8).add(slot_base + me * a.region_stride as usize), &layout, pos, &wire, 4);
+                    store_chunk::<Plain, false>((pick(&a.buffers, d) as *mut u8).add(slot_base + me * a.region_stride as usize), &layout, pos, &wire, 4);
                 }
             }
         }
@@ -82,7 +82,7 @@ unsafe fn oneshot<E: Element>(a: &OneShotArgs) {
         if pos.valid > 0 {
             // SAFETY: every rank pushed its chunk into my buffer before the
             // barrier; all loads are local.
-            let acc = unsafe { sum_over_ranks::<E, Plain>(|r| mine.add(slot_base + r * a.region_stride as usize), world, pos.index, &layout, 4) };
+            let acc = unsafe { sum_over_ranks::<E, Plain, false>(|r| mine.add(slot_base + r * a.region_stride as usize), world, pos.index, &layout, 4) };
             // SAFETY: `valid` output elements belong to this thread.
             unsafe { store_elements::<E>(output.add(pos.index * CHUNK), pos.valid, &acc) };
         }

@@ -45,7 +45,7 @@
 //! at both barriers, where `e0` is the block's stored epoch; the block
 //! stores `e0 + pieces` at the end.
 use super::barrier::{cross_rank_barrier, entry_check};
-use super::chunk::{decode_chunk, encode_chunk, fetch_chunk, load_words, pick, store_chunk, store_elements, sum_over_ranks, unpack_words, unroll, ChunkPos};
+use super::chunk::{decode_chunk, element_bits, encode_chunk, encode_spiky_chunk, fetch_chunk, load_words, offset_in_group, pick, store_chunk, store_elements, sum_over_ranks, unpack_words, unroll, ChunkPos};
 use crate::abi::{sync_area, Phase, PhaseSkip, ShardGeometry, Transport, TwoStepArgs, THREADS, TILE_ELEMS};
 use crate::codec::wire::kind;
 use crate::codec::{Bf16, Element, ShardLayout, WireKind, CHUNK, F16};
@@ -123,10 +123,12 @@ impl TwoStepCall<'_> {
     /// Runs `phase(interior)` for tile `t` of piece `k`, with `interior` a
     /// constant in each of the two calls, so each kind of tile compiles to
     /// its own straight-line code. `W` is the phase's wire: plain wires
-    /// always take the general path (see [`Self::tile_is_interior`]).
+    /// always take the general path (see [`Self::tile_is_interior`]), and
+    /// so do `SPIKY` kernels (one copy of their longer code keeps the kernel
+    /// image small).
     #[inline(always)]
-    fn by_tile_kind<W: WireKind>(&self, k: usize, t: usize, phase: impl Fn(bool)) {
-        if W::WIRE.is_quantized() && self.tile_is_interior(k, t) {
+    fn by_tile_kind<W: WireKind, const SPIKY: bool>(&self, k: usize, t: usize, phase: impl Fn(bool)) {
+        if W::WIRE.is_quantized() && !SPIKY && self.tile_is_interior(k, t) {
             phase(true)
         } else {
             phase(false)
@@ -167,9 +169,9 @@ impl TwoStepCall<'_> {
     /// The whole warp calls this together; `staging_in` may be overwritten
     /// (see the module docs).
     #[inline(always)]
-    unsafe fn stage_tile<E: Element, RS: WireKind>(&self, k: usize, t: usize) {
+    unsafe fn stage_tile<E: Element, RS: WireKind, const SPIKY: bool>(&self, k: usize, t: usize) {
         // SAFETY: forwarded caller contract; `interior` as by_tile_kind found it.
-        self.by_tile_kind::<RS>(k, t, #[inline(always)] |interior| unsafe { self.stage_chunks::<E, RS>(k, t, interior) });
+        self.by_tile_kind::<RS, SPIKY>(k, t, #[inline(always)] |interior| unsafe { self.stage_chunks::<E, RS, SPIKY>(k, t, interior) });
     }
 
     /// [`Self::stage_tile`] for a tile of the given kind (see [`Self::by_tile_kind`]).
@@ -177,7 +179,7 @@ impl TwoStepCall<'_> {
     /// # Safety
     /// As [`Self::stage_tile`]; `interior` only if [`Self::tile_is_interior`].
     #[inline(always)]
-    unsafe fn stage_chunks<E: Element, RS: WireKind>(&self, k: usize, t: usize, interior: bool) {
+    unsafe fn stage_chunks<E: Element, RS: WireKind, const SPIKY: bool>(&self, k: usize, t: usize, interior: bool) {
         let a = self.a;
         let n = self.piece_valid(k);
         // Piece base (wrapping_add: plain arithmetic; accesses are checked below).
@@ -204,9 +206,14 @@ impl TwoStepCall<'_> {
                 } else {
                     (pick(&a.staging_in, self.me) as *mut u8).add(s_here * self.stride)
                 };
-                let wire = encode_chunk::<E, RS>(&unpack_words::<E>(&words), pos_here, self.group_shift);
+                let wire = if SPIKY {
+                    // The keys come from the input's own bits.
+                    encode_spiky_chunk::<E, RS>(&words, || unpack_words::<E>(&words), pos_here, self.group_shift, self.rs_layout.spikes)
+                } else {
+                    encode_chunk::<E, RS>(&unpack_words::<E>(&words), pos_here, self.group_shift)
+                };
                 if pos_here.in_slots {
-                    store_chunk::<RS>(blob, &self.rs_layout, pos_here, &wire, self.group_shift);
+                    store_chunk::<RS, SPIKY>(blob, &self.rs_layout, pos_here, &wire, self.group_shift);
                 }
             }
         }
@@ -218,9 +225,9 @@ impl TwoStepCall<'_> {
     /// # Safety
     /// The whole warp calls this together, after the `Staged` barrier of piece `k`.
     #[inline(always)]
-    unsafe fn reduce_tile<E: Element, RS: WireKind, AG: WireKind>(&self, k: usize, t: usize) {
+    unsafe fn reduce_tile<E: Element, RS: WireKind, AG: WireKind, const SPIKY: bool>(&self, k: usize, t: usize) {
         // SAFETY: forwarded caller contract; `interior` as by_tile_kind found it.
-        self.by_tile_kind::<RS>(k, t, #[inline(always)] |interior| unsafe { self.reduce_chunk::<E, RS, AG>(k, t, interior) });
+        self.by_tile_kind::<RS, SPIKY>(k, t, #[inline(always)] |interior| unsafe { self.reduce_chunk::<E, RS, AG, SPIKY>(k, t, interior) });
     }
 
     /// [`Self::reduce_tile`] for a tile of the given kind (see [`Self::by_tile_kind`]).
@@ -228,7 +235,12 @@ impl TwoStepCall<'_> {
     /// # Safety
     /// As [`Self::reduce_tile`]; `interior` only if [`Self::tile_is_interior`].
     #[inline(always)]
-    unsafe fn reduce_chunk<E: Element, RS: WireKind, AG: WireKind>(&self, k: usize, t: usize, interior: bool) {
+    unsafe fn reduce_chunk<E: Element, RS: WireKind, AG: WireKind, const SPIKY: bool>(
+        &self,
+        k: usize,
+        t: usize,
+        interior: bool,
+    ) {
         let a = self.a;
         let me = self.me;
         let stride = self.stride;
@@ -238,7 +250,7 @@ impl TwoStepCall<'_> {
         if pos.in_slots {
             // SAFETY: every rank published its blob of my shard at the barrier.
             acc = unsafe {
-                sum_over_ranks::<E, RS>(
+                sum_over_ranks::<E, RS, SPIKY>(
                     |r| {
                         if self.push_rs {
                             (pick(&a.staging_in, me) as *const u8).add(r * stride)
@@ -254,18 +266,24 @@ impl TwoStepCall<'_> {
             };
         }
         // SAFETY: the warp is converged.
-        let wire = unsafe { encode_chunk::<E, AG>(&acc, pos, self.group_shift) };
+        let wire = unsafe {
+            if SPIKY && self.ag_layout.spikes > 0 {
+                encode_spiky_chunk::<E, AG>(&element_bits::<E>(&acc), || acc, pos, self.group_shift, self.ag_layout.spikes)
+            } else {
+                encode_chunk::<E, AG>(&acc, pos, self.group_shift)
+            }
+        };
         if pos.in_slots {
             if self.push_ag {
                 unroll!(d in 8 => {
                     if d < self.world && (d != me || !owner_decodes::<AG>()) {
                         // SAFETY: slot `me` of rank d's staging_out is written by me only.
-                        unsafe { store_chunk::<AG>((pick(&a.staging_out, d) as *mut u8).add(me * stride), &self.ag_layout, pos, &wire, self.group_shift) };
+                        unsafe { store_chunk::<AG, SPIKY>((pick(&a.staging_out, d) as *mut u8).add(me * stride), &self.ag_layout, pos, &wire, self.group_shift) };
                     }
                 });
             } else {
                 // SAFETY: slot `me` of my own staging_out.
-                unsafe { store_chunk::<AG>((pick(&a.staging_out, me) as *mut u8).add(me * stride), &self.ag_layout, pos, &wire, self.group_shift) };
+                unsafe { store_chunk::<AG, SPIKY>((pick(&a.staging_out, me) as *mut u8).add(me * stride), &self.ag_layout, pos, &wire, self.group_shift) };
             }
         }
         // My shard of the output, decoded from the very wire chunk every
@@ -277,7 +295,8 @@ impl TwoStepCall<'_> {
         // (same tile).
         if owner_decodes::<AG>() && pos.valid > 0 {
             // SAFETY: the `valid` output elements of my shard's chunk belong to this thread.
-            unsafe { self.store_output::<E>(k, me, pos, &decode_chunk::<E, AG>(&wire)) };
+            let offset = offset_in_group(pos.index, self.group_shift);
+            unsafe { self.store_output::<E>(k, me, pos, &decode_chunk::<E, AG, SPIKY>(&wire, offset, self.ag_layout.spikes)) };
         }
     }
 
@@ -289,9 +308,9 @@ impl TwoStepCall<'_> {
     /// After the `Reduced` barrier of piece `k` and before this block signals
     /// the next `Staged`.
     #[inline(always)]
-    unsafe fn gather_tile<E: Element, AG: WireKind>(&self, k: usize, t: usize) {
+    unsafe fn gather_tile<E: Element, AG: WireKind, const SPIKY: bool>(&self, k: usize, t: usize) {
         // SAFETY: forwarded caller contract; `interior` as by_tile_kind found it.
-        self.by_tile_kind::<AG>(k, t, #[inline(always)] |interior| unsafe { self.gather_chunks::<E, AG>(k, t, interior) });
+        self.by_tile_kind::<AG, SPIKY>(k, t, #[inline(always)] |interior| unsafe { self.gather_chunks::<E, AG, SPIKY>(k, t, interior) });
     }
 
     /// [`Self::gather_tile`] for a tile of the given kind (see [`Self::by_tile_kind`]).
@@ -299,7 +318,7 @@ impl TwoStepCall<'_> {
     /// # Safety
     /// As [`Self::gather_tile`]; `interior` only if [`Self::tile_is_interior`].
     #[inline(always)]
-    unsafe fn gather_chunks<E: Element, AG: WireKind>(&self, k: usize, t: usize, interior: bool) {
+    unsafe fn gather_chunks<E: Element, AG: WireKind, const SPIKY: bool>(&self, k: usize, t: usize, interior: bool) {
         let a = self.a;
         let n = self.piece_valid(k);
         // i = 0 is my own shard, which the reduce may have written.
@@ -311,7 +330,9 @@ impl TwoStepCall<'_> {
                 // barrier; the `valid` output elements belong to this thread.
                 unsafe {
                     let blob = (pick(&a.staging_out, if self.push_ag { self.me } else { s }) as *const u8).add(s * self.stride);
-                    self.store_output::<E>(k, s, pos, &decode_chunk::<E, AG>(&fetch_chunk::<AG>(blob, pos.index, &self.ag_layout, self.group_shift)));
+                    let wire = fetch_chunk::<AG, SPIKY>(blob, pos.index, &self.ag_layout, self.group_shift);
+                    let offset = offset_in_group(pos.index, self.group_shift);
+                    self.store_output::<E>(k, s, pos, &decode_chunk::<E, AG, SPIKY>(&wire, offset, self.ag_layout.spikes));
                 }
             }
         }
@@ -326,7 +347,7 @@ impl TwoStepCall<'_> {
 /// `a` describes valid, peer-mapped buffers sized for this call; every
 /// thread of the block runs this.
 #[inline(always)]
-unsafe fn twostep<E: Element, RS: WireKind, AG: WireKind>(a: &TwoStepArgs, skip: PhaseSkip) {
+unsafe fn twostep<E: Element, RS: WireKind, AG: WireKind, const SPIKY: bool>(a: &TwoStepArgs, skip: PhaseSkip) {
     let block = block_idx() as usize;
     let blocks = grid_dim() as usize;
     let world = a.barrier.world as usize;
@@ -340,8 +361,8 @@ unsafe fn twostep<E: Element, RS: WireKind, AG: WireKind>(a: &TwoStepArgs, skip:
         world,
         me: a.barrier.rank as usize,
         geo,
-        rs_layout: ShardLayout::new(geo.shard_groups, a.shard_unit as usize, RS::WIRE),
-        ag_layout: ShardLayout::new(geo.shard_groups, a.shard_unit as usize, AG::WIRE),
+        rs_layout: ShardLayout::new(geo.shard_groups, a.shard_unit as usize, RS::WIRE).with_spikes(a.rs_spikes as usize),
+        ag_layout: ShardLayout::new(geo.shard_groups, a.shard_unit as usize, AG::WIRE).with_spikes(a.ag_spikes as usize),
         group_shift: a.shard_unit.trailing_zeros(),
         stride: a.shard_stride as usize,
         push_rs: Transport::pushes_reduce_scatter(a.transport),
@@ -367,7 +388,7 @@ unsafe fn twostep<E: Element, RS: WireKind, AG: WireKind>(a: &TwoStepArgs, skip:
     let mut t = block;
     while stage && t < geo.tiles {
         // SAFETY: staging_in is free (previous call completed on every rank).
-        unsafe { c.stage_tile::<E, RS>(0, t) };
+        unsafe { c.stage_tile::<E, RS, SPIKY>(0, t) };
         t += blocks;
     }
     for k in 0..pieces {
@@ -379,7 +400,7 @@ unsafe fn twostep<E: Element, RS: WireKind, AG: WireKind>(a: &TwoStepArgs, skip:
         let mut t = block;
         while reduce && t < geo.tiles {
             // SAFETY: after the Staged barrier of piece k.
-            unsafe { c.reduce_tile::<E, RS, AG>(k, t) };
+            unsafe { c.reduce_tile::<E, RS, AG, SPIKY>(k, t) };
             t += blocks;
         }
         // SAFETY: every thread of the block reaches the barrier.
@@ -391,11 +412,11 @@ unsafe fn twostep<E: Element, RS: WireKind, AG: WireKind>(a: &TwoStepArgs, skip:
         while t < geo.tiles {
             if stage && next {
                 // SAFETY: staging_in is free (module docs).
-                unsafe { c.stage_tile::<E, RS>(k + 1, t) };
+                unsafe { c.stage_tile::<E, RS, SPIKY>(k + 1, t) };
             }
             if gather {
                 // SAFETY: after the Reduced barrier of piece k.
-                unsafe { c.gather_tile::<E, AG>(k, t) };
+                unsafe { c.gather_tile::<E, AG, SPIKY>(k, t) };
             }
             t += blocks;
         }
@@ -417,7 +438,7 @@ macro_rules! twostep_entry_points {
                 #[export_name = crate::twostep_kernel_name!("", bf16, $rn, $an)]
                 unsafe extern "ptx-kernel" fn entry(args: TwoStepArgs) {
                     // SAFETY: forwarded caller contract.
-                    unsafe { twostep::<Bf16, kind::$rv, kind::$av>(&args, PhaseSkip::NONE) }
+                    unsafe { twostep::<Bf16, kind::$rv, kind::$av, false>(&args, PhaseSkip::NONE) }
                 }
             };
         )*
@@ -430,13 +451,44 @@ macro_rules! twostep_entry_points {
                 #[export_name = crate::twostep_kernel_name!("", f16, $rn, $an)]
                 unsafe extern "ptx-kernel" fn entry(args: TwoStepArgs) {
                     // SAFETY: forwarded caller contract.
-                    unsafe { twostep::<F16, kind::$rv, kind::$av>(&args, PhaseSkip::NONE) }
+                    unsafe { twostep::<F16, kind::$rv, kind::$av, false>(&args, PhaseSkip::NONE) }
                 }
             };
         )*
     };
 }
 crate::twostep_wire_pairs! { twostep_entry_points }
+
+macro_rules! spiky_entry_points {
+    ($((($rv:ident $rn:ident $rb:literal) ($av:ident $an:ident $ab:literal)))*) => {
+        $(
+            const _: () = {
+                /// Two-step all-reduce entry point with spike reserving
+                /// (`TwoStepArgs::rs_spikes` / `ag_spikes`), bf16.
+                ///
+                /// # Safety
+                /// `args` must describe valid, peer-mapped buffers sized for this call.
+                #[export_name = crate::twostep_kernel_name!("spiky_", bf16, $rn, $an)]
+                unsafe extern "ptx-kernel" fn entry(args: TwoStepArgs) {
+                    // SAFETY: forwarded caller contract.
+                    unsafe { twostep::<Bf16, kind::$rv, kind::$av, true>(&args, PhaseSkip::NONE) }
+                }
+            };
+            const _: () = {
+                /// Two-step all-reduce entry point with spike reserving, f16.
+                ///
+                /// # Safety
+                /// `args` must describe valid, peer-mapped buffers sized for this call.
+                #[export_name = crate::twostep_kernel_name!("spiky_", f16, $rn, $an)]
+                unsafe extern "ptx-kernel" fn entry(args: TwoStepArgs) {
+                    // SAFETY: forwarded caller contract.
+                    unsafe { twostep::<F16, kind::$rv, kind::$av, true>(&args, PhaseSkip::NONE) }
+                }
+            };
+        )*
+    };
+}
+crate::twostep_wire_pairs! { quantized spiky_entry_points }
 
 macro_rules! diagnostic_entry_points {
     ($(($dtype:ident $elem:ident (($rv:ident $rn:ident $rb:literal) ($av:ident $an:ident $ab:literal))))*) => {
@@ -450,7 +502,7 @@ macro_rules! diagnostic_entry_points {
                 #[export_name = crate::twostep_kernel_name!("diag_", $dtype, $rn, $an)]
                 unsafe extern "ptx-kernel" fn entry(args: TwoStepArgs, skip: PhaseSkip) {
                     // SAFETY: forwarded caller contract.
-                    unsafe { twostep::<$elem, kind::$rv, kind::$av>(&args, skip) }
+                    unsafe { twostep::<$elem, kind::$rv, kind::$av, false>(&args, skip) }
                 }
             };
         )*
