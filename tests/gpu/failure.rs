@@ -108,6 +108,35 @@ pub fn mismatched_lengths_detected() -> TestResult {
     correct_call(&comm, &mut rng, 8192, "after a mismatch")
 }
 
+/// Ranks that call with different spike counts (same widths, same group
+/// size: the same `spiky_` kernel, different layouts) must fail with a
+/// mismatch or a timeout on every rank, never return: the call's tag
+/// carries the counts (a rank decoding a peer's blob with another count
+/// would read spikes where codes are).
+pub fn mismatched_spikes_detected() -> TestResult {
+    let world = flashcomm::gpu_count().min(4);
+    let config = Config { timeout: Some(Duration::from_millis(100)), ..exact_config() };
+    let comm = ctx(Communicator::new(&(0..world).collect::<Vec<_>>(), config, &KERNELS), "create")?;
+    let mut rng = Rng::new(seed("failure::mismatched_spikes_detected"));
+    for (first, others) in [("int4k4-int8", "int4k1-int8"), ("int8k1", "int8k2"), ("int4k2-int8k4", "int4k2-int8k8")] {
+        let mut bufs: Vec<_> = (0..world).map(|r| ctx(ctx(comm.stream(r), "stream")?.clone_htod(&vec![bf16::ONE; 1 << 16]), "upload")).collect::<Result<_, _>>()?;
+        for (r, b) in bufs.iter_mut().enumerate() {
+            let setting = ctx(Quantization::parse(if r == 0 { first } else { others }), "setting")?;
+            let opts = CallOptions { algorithm: Some(Algorithm::Flash), quantization: Some(setting), ..CallOptions::default() };
+            ctx(comm.all_reduce_rank_in_place(r, b, &opts), "launch")?;
+        }
+        for r in 0..world {
+            match comm.synchronize_rank(r) {
+                Err(Error::CollectiveMismatch { .. } | Error::PeerTimeout { .. }) => {}
+                other => return Err(format!("{first} against {others}: rank {r}: {other:?}, expected a mismatch or timeout").into()),
+            }
+        }
+        ctx(comm.recover(), "recover")?;
+    }
+    println!("failure::mismatched_spikes_detected: three pairs of spike counts refused on every rank");
+    correct_call(&comm, &mut rng, 8192, "after the mismatches")
+}
+
 /// Bad input is refused with a typed error before anything is launched.
 pub fn bad_inputs_fail_before_launch() -> TestResult {
     let world = flashcomm::gpu_count().min(4);

@@ -48,6 +48,7 @@ fn main() {
         ("failure::watchdog_missing_rank", 2, failure::watchdog_missing_rank),
         ("failure::watchdog_missing_rank_shared_device", 1, failure::watchdog_missing_rank_shared_device),
         ("failure::mismatched_lengths_detected", 2, failure::mismatched_lengths_detected),
+        ("failure::mismatched_spikes_detected", 2, failure::mismatched_spikes_detected),
         ("failure::bad_inputs_fail_before_launch", 2, failure::bad_inputs_fail_before_launch),
         ("reliability::late_rank_gets_an_error", 1, reliability::late_rank_gets_an_error),
         ("reliability::concurrent_all_rank_calls", 1, reliability::concurrent_all_rank_calls),
