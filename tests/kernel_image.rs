@@ -14,10 +14,13 @@ fn kernel_names_are_in_the_ptx() {
         let name = line.trim_end_matches('(');
         assert!(table.contains(&name), "the PTX has a kernel the host does not know: {name}");
     }
-    // One two-step kernel per element type and wire pair: plain/plain and
-    // every pair of quantized widths.
-    let pairs = 1 + flashcomm::Bits::ALL.len().pow(2);
-    assert_eq!(table.iter().filter(|n| n.starts_with("allreduce_twostep_")).count(), 2 * pairs);
+    // One two-step kernel per element type and pair of kernel kinds:
+    // plain/plain and every pair of quantized kinds (the split widths share
+    // one kind), and one spiky kernel per quantized pair.
+    let kinds: std::collections::HashSet<_> = flashcomm::Bits::ALL.iter().map(|&b| flashcomm::Wire::Quantized(b).kernel_key()).collect();
+    assert_eq!(kinds.len(), 3, "int8, the split widths, int4");
+    assert_eq!(table.iter().filter(|n| n.starts_with("allreduce_twostep_")).count(), 2 * (1 + kinds.len().pow(2)));
+    assert_eq!(table.iter().filter(|n| n.starts_with("spiky_allreduce_twostep_")).count(), 2 * kinds.len().pow(2));
 }
 
 #[test]
@@ -34,7 +37,30 @@ fn ptx_is_self_contained_and_uses_the_intended_instructions() {
     assert!(!ptx.contains("fma.rn.f32") && !ptx.contains("mad.f32"), "FP contraction found");
     assert!(!ptx.contains("mul.f32 ") && !ptx.contains("add.f32 "), "mul/add without .rn may be fused by ptxas");
     assert!(!ptx.contains(".ftz"), "flush-to-zero would break subnormal bit-exactness");
-    assert!(!ptx.contains("ld.global.nc"), "non-coherent loads are not allowed on peer-written memory");
+    // Non-coherent loads only of the module's own constant tables (LLVM's
+    // switch tables, e.g. for the split kind's run-time width), never of
+    // peer-written memory: each `ld.global.nc` must address a register
+    // derived from a `switch_$_table` symbol in the same function.
+    let mut from_table = std::collections::HashSet::new();
+    for line in ptx.lines().map(str::trim) {
+        if line.starts_with(".visible .entry") {
+            from_table.clear();
+        }
+        let words: Vec<&str> = line.split(|c: char| c.is_whitespace() || c == ',' || c == ';').filter(|w| !w.is_empty()).collect();
+        match words.as_slice() {
+            ["mov.b64" | "mov.u64", dst, src, ..] if src.starts_with("switch_$_table") => {
+                from_table.insert(dst.to_string());
+            }
+            ["add.s64", dst, a, ..] if from_table.contains(*a) => {
+                from_table.insert(dst.to_string());
+            }
+            [op, _, addr, ..] if op.starts_with("ld.global.nc") => {
+                let reg = addr.trim_start_matches('[').trim_end_matches(']');
+                assert!(from_table.contains(reg), "non-coherent load not of a constant table: {line}");
+            }
+            _ => {}
+        }
+    }
 }
 
 #[test]

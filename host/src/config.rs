@@ -40,6 +40,11 @@ impl Quantized {
         Self { rs_spikes, ag_spikes, ..self }
     }
 
+    /// Whether either step keeps spikes.
+    pub const fn has_spikes(&self) -> bool {
+        self.rs_spikes.get() + self.ag_spikes.get() > 0
+    }
+
     /// The wire formats of the two steps.
     pub fn wires(&self) -> (Wire, Wire) {
         (Wire::Quantized(self.rs_bits), Wire::Quantized(self.ag_bits))

@@ -33,7 +33,7 @@ macro_rules! diagnostic_kernels {
 }
 
 macro_rules! twostep_table {
-    ($((($rv:ident $rn:ident $rb:literal) ($av:ident $an:ident $ab:literal)))*) => {
+    ($((($rv:ident $rn:ident $rb:tt) ($av:ident $an:ident $ab:tt)))*) => {
         /// Every two-step kernel: element type, reduce-scatter and all-gather
         /// wires, entry-point name.
         pub const TWOSTEP_KERNELS: &[(Dtype, Wire, Wire, &str)] = &[
@@ -45,7 +45,7 @@ macro_rules! twostep_table {
 crate::twostep_wire_pairs! { twostep_table }
 
 macro_rules! spiky_table {
-    ($((($rv:ident $rn:ident $rb:literal) ($av:ident $an:ident $ab:literal)))*) => {
+    ($((($rv:ident $rn:ident $rb:tt) ($av:ident $an:ident $ab:tt)))*) => {
         /// Every two-step kernel with spike reserving (`codec::spikes`; the
         /// counts are arguments, 0 included): element type, wires, name.
         pub const SPIKY_KERNELS: &[(Dtype, Wire, Wire, &str)] = &[
@@ -57,7 +57,7 @@ macro_rules! spiky_table {
 crate::twostep_wire_pairs! { quantized spiky_table }
 
 macro_rules! diagnostic_table {
-    ($(($dtype:ident $elem:ident (($rv:ident $rn:ident $rb:literal) ($av:ident $an:ident $ab:literal))))*) => {
+    ($(($dtype:ident $elem:ident (($rv:ident $rn:ident $rb:tt) ($av:ident $an:ident $ab:tt))))*) => {
         /// Every diagnostic two-step kernel: element type, wires, entry-point name.
         pub const DIAGNOSTIC_KERNELS: &[(Dtype, Wire, Wire, &str)] = &[
             $((Dtype::$elem, <kind::$rv as WireKind>::WIRE, <kind::$av as WireKind>::WIRE, crate::twostep_kernel_name!("diag_", $dtype, $rn, $an)),)*

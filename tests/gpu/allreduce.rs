@@ -285,11 +285,11 @@ pub fn real_activations_bit_exact() -> TestResult {
         placements.push(format!("{} on {devices:?}", t.name));
         let mut settings = vec![Quantization::None];
         for g in GroupSize::ALL {
-            for (rs, ag) in [(Bits::B8, Bits::B8), (Bits::B4, Bits::B8), (Bits::B6, Bits::B6), (Bits::B4, Bits::B4)] {
+            for (rs, ag) in [(Bits::B8, Bits::B8), (Bits::B4, Bits::B8), (Bits::B6, Bits::B6), (Bits::B4, Bits::B4), (Bits::B5, Bits::B8), (Bits::B7, Bits::B7), (Bits::B5, Bits::B5)] {
                 settings.push(Quantization::Int(Quantized::new(rs, ag, g)));
             }
         }
-        // Spike reserving, the settings docs/accuracy.md reports.
+        // Spike reserving (the settings of the accuracy tables and a few more).
         for setting in ["int4k4-int8", "int4k4", "int4k8", "int8k1", "int4k8-int8-g256", "int4k2-int8k2-g64", "int6k1-int4k4-g32"] {
             settings.push(ctx(Quantization::parse(setting), "a spike setting")?);
         }

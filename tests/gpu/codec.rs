@@ -15,6 +15,15 @@ fn one_case<T: HostElement>(codec: &GpuCodec, rng: &mut Rng, len: usize, (bits, 
         // The non-finite rule: one NaN or inf somewhere.
         let at = rng.range(0, len - 1);
         input[at] = T::from_f32([f32::NAN, f32::INFINITY, f32::NEG_INFINITY][rng.range(0, 2)]);
+        if rng.uniform() < 0.5 {
+            // A NaN with a payload and either sign, not the canonical one:
+            // spike keys come from the input's raw bits.
+            let nan = match T::DTYPE {
+                flashcomm::Dtype::Bf16 => 0x7F81u16,
+                flashcomm::Dtype::F16 => 0x7C01u16,
+            };
+            input[at] = T::from_bits(nan | rng.range(0, 0x3E) as u16 | if rng.uniform() < 0.5 { 0x8000 } else { 0 });
+        }
     }
     let stream = codec.stream();
     let what = format!("{:?} len {len} {} g{} k{} {kind:?}", T::DTYPE, bits.name(), group_size.get(), spikes.get());

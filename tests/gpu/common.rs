@@ -46,10 +46,21 @@ pub enum DataKind {
     /// A few magnitudes with random signs, zeros of both signs included:
     /// ties everywhere for the spike selection (`codec::spikes`).
     Ties,
+    /// Values near the type's limits, not divided by the world size: sums
+    /// overflow (f16: round to inf after the f32 sum; bf16: the f32 sum
+    /// itself), the non-finite rule with and without spikes.
+    Overflowing,
 }
 
-pub const KINDS: [DataKind; 6] =
-    [DataKind::Activations, DataKind::Normal, DataKind::ConstantGroups, DataKind::NearLimits, DataKind::Subnormal, DataKind::Ties];
+pub const KINDS: [DataKind; 7] = [
+    DataKind::Activations,
+    DataKind::Normal,
+    DataKind::ConstantGroups,
+    DataKind::NearLimits,
+    DataKind::Subnormal,
+    DataKind::Ties,
+    DataKind::Overflowing,
+];
 
 /// Per-rank inputs of `len` elements.
 pub fn make_inputs<T: HostElement>(rng: &mut Rng, kind: DataKind, world: usize, len: usize) -> Vec<Vec<T>> {
@@ -87,6 +98,12 @@ pub fn make_inputs<T: HostElement>(rng: &mut Rng, kind: DataKind, world: usize, 
                 };
                 (0..len).map(|_| T::from_f32(((rng.range(0, 2000) as f64 - 1000.0) * tiny) as f32)).collect()
             }
+            DataKind::Overflowing => (0..len)
+                .map(|_| {
+                    let sign = if rng.uniform() < 0.5 { -1.0 } else { 1.0 };
+                    T::from_f32((sign * (0.6 + 0.3 * rng.uniform()) * max) as f32)
+                })
+                .collect(),
             DataKind::Ties => (0..len)
                 .map(|_| {
                     let magnitude = [0.0, 1.0, 2.0, 8.0][rng.range(0, 3)];

@@ -133,6 +133,13 @@ pub fn mismatched_spikes_detected() -> TestResult {
         }
         ctx(comm.recover(), "recover")?;
     }
+    // `Auto` never picks a spike setting (slower than the unquantized paths
+    // at large sizes); Algorithm::Flash runs it.
+    let spiky = ctx(Quantization::parse("int4k4-int8"), "setting")?;
+    let auto = CallOptions { quantization: Some(spiky), ..CallOptions::default() };
+    if let flashcomm::Plan::Flash(_) = ctx(comm.plan(1 << 27, flashcomm::Dtype::Bf16, &auto), "plan")? {
+        return Err("Auto chose a spike setting".into());
+    }
     println!("failure::mismatched_spikes_detected: three pairs of spike counts refused on every rank");
     correct_call(&comm, &mut rng, 8192, "after the mismatches")
 }

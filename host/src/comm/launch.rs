@@ -117,8 +117,9 @@ impl Call {
             kernel_words(kernel),
             unit as u64,
             transport as u64,
+            // The widths and spike counts themselves: kernels serve several.
             match self.plan {
-                Plan::Flash(q) => (q.rs_spikes.get() | q.ag_spikes.get() << 8) as u64,
+                Plan::Flash(q) => (q.rs_spikes.get() | q.ag_spikes.get() << 8) as u64 | (q.rs_bits.bits() as u64) << 16 | (q.ag_bits.bits() as u64) << 24,
                 _ => 0,
             },
         ])
@@ -163,7 +164,11 @@ impl Communicator {
                 match quant {
                     _ if bytes <= t.ll_max_bytes && len <= self.ll_max_elems() => Plan::OneShotLl,
                     _ if bytes <= t.oneshot_max_bytes => Plan::OneShot,
-                    Quantization::Int(q) if bytes >= t.flash_min_bytes => Plan::Flash(q),
+                    // Spike settings only run when asked for (Algorithm::Flash):
+                    // slower than the unquantized two-shot at W = 2 from
+                    // 16 MiB for k >= 4 (docs/benchmarks.md, spike reserving),
+                    // so `Auto` keeps its no-slower-than-NCCL promise without them.
+                    Quantization::Int(q) if bytes >= t.flash_min_bytes && !q.has_spikes() => Plan::Flash(q),
                     _ if bytes >= t.nccl_min_bytes && self.has_nccl() => Plan::Nccl,
                     _ => Plan::TwoShot,
                 }
@@ -219,8 +224,14 @@ impl Communicator {
     fn launch_twostep(&self, call: &Call, (rs, ag, unit): (Wire, Wire, usize), transport: u32, skip: Option<PhaseSkip>) -> Result<()> {
         let r = &self.ranks[call.local];
         let kernel = match skip {
-            Some(_) => KernelId::TwoStepDiagnostic { dtype: call.dtype, rs, ag },
-            None => KernelId::TwoStep { dtype: call.dtype, rs, ag, spiky: matches!(call.plan, Plan::Flash(q) if q.rs_spikes.get() + q.ag_spikes.get() > 0) },
+            // The split widths share a kernel; their width is an argument.
+            Some(_) => KernelId::TwoStepDiagnostic { dtype: call.dtype, rs: rs.kernel_key(), ag: ag.kernel_key() },
+            None => KernelId::TwoStep {
+                dtype: call.dtype,
+                rs: rs.kernel_key(),
+                ag: ag.kernel_key(),
+                spiky: matches!(call.plan, Plan::Flash(q) if q.has_spikes()),
+            },
         };
         let piece_len = balanced_piece(call.len, self.piece_elems(call.plan));
         let mut args = TwoStepArgs {
@@ -233,6 +244,8 @@ impl Communicator {
             shard_stride: self.peers.shard_stride as u64,
             shard_unit: unit as u32,
             transport,
+            rs_bits: if rs.is_quantized() { rs.bits() } else { 0 },
+            ag_bits: if ag.is_quantized() { ag.bits() } else { 0 },
             rs_spikes: if let Plan::Flash(q) = call.plan { q.rs_spikes.get() as u32 } else { 0 },
             ag_spikes: if let Plan::Flash(q) = call.plan { q.ag_spikes.get() as u32 } else { 0 },
             barrier: BarrierArgs { tag: call.tag(0, piece_len, kernel, unit, transport), ..r.barrier },
@@ -360,6 +373,9 @@ impl Communicator {
         let plan = self.plan(len, T::DTYPE, opts)?;
         if plan.twostep().is_none() {
             return Err(Error::InvalidConfig(format!("phase diagnostics need a two-step plan, not {}", plan.label())));
+        }
+        if matches!(plan, Plan::Flash(q) if q.has_spikes()) {
+            return Err(Error::InvalidConfig("the diagnostic kernels have no spike reserving".into()));
         }
         self.issue_every_rank(plan, |r| {
             let stream = &self.ranks[r].stream;

@@ -25,9 +25,9 @@
 //! type*) or the parameters are; its parameters are then NaN and every spike
 //! slot holds the element type's canonical NaN at position 255 (so no NaN
 //! payload reaches the wire), and the whole group decodes to NaN, as
-//! without spikes. (For f16, an f32 sum beyond 65504 therefore marks its
-//! group non-finite where the group without spikes would decode to +-inf at
-//! that element only.)
+//! without spikes. (For f16, an f32 sum that rounds to +-inf, |sum| >= 65520,
+//! therefore marks its group non-finite where the group without spikes
+//! would decode to +-inf at that element only.)
 //!
 //! # Wire layout
 //! Two regions after the parameters (see [`layout`](super::layout)): the
