@@ -18,7 +18,7 @@ fn quantization_parses() {
     assert_eq!(Quantization::parse("int8k1-g64").unwrap(), Quantization::Int(Quantized::new(Bits::B8, Bits::B8, GroupSize::G64).with_spikes(k(1), k(1))));
     assert_eq!(Quantization::parse("INT4K8-int8k2").unwrap().label(), "int4k8-int8k2-g128");
     assert_eq!(Quantization::parse("none").unwrap(), Quantization::None);
-    for bad in ["int4k3", "int4k16", "int4k", "k4", "int4-int8k-g128", "int3", "int9", "q8", "q4q8", "int8-g100", "int8-gx", "fp8", "int4-8", "int4-int8-int8", "", "off"] {
+    for bad in ["int4k3", "int4k16", "int4k", "k4", "int4-int8k-g128", "int5", "q8", "q4q8", "int8-g100", "int8-gx", "fp8", "int4-8", "int4-int8-int8", "", "off"] {
         assert!(matches!(Quantization::parse(bad), Err(Error::InvalidConfig(_))), "{bad}");
     }
     assert_eq!(Algorithm::parse("TwoShot").unwrap(), Algorithm::TwoShot);

@@ -121,7 +121,7 @@ fn codec_table() -> Result<(), String> {
     );
     println!("| none (bf16 two-shot) | - | 2.000 | 0 | {none_rel:.2e} | {none_max:.2e} |");
     let k4 = Spikes::new(4).expect("a supported count");
-    let settings = [(Bits::B8, Bits::B8, Spikes::NONE), (Bits::B4, Bits::B8, Spikes::NONE), (Bits::B7, Bits::B7, Spikes::NONE), (Bits::B6, Bits::B6, Spikes::NONE), (Bits::B5, Bits::B8, Spikes::NONE), (Bits::B5, Bits::B5, Spikes::NONE), (Bits::B4, Bits::B4, Spikes::NONE), (Bits::B4, Bits::B8, k4), (Bits::B4, Bits::B4, k4)];
+    let settings = [(Bits::B8, Bits::B8, Spikes::NONE), (Bits::B4, Bits::B8, Spikes::NONE), (Bits::B6, Bits::B6, Spikes::NONE), (Bits::B4, Bits::B4, Spikes::NONE), (Bits::B4, Bits::B8, k4), (Bits::B4, Bits::B4, k4)];
     for (rs, ag, spikes) in settings {
         for group_size in GroupSize::ALL {
             let g = group_size.get();

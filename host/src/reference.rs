@@ -248,14 +248,13 @@ pub fn blob_layout(len: usize, bits: Bits, group_size: GroupSize, spikes: Spikes
 
 /// The byte ranges of a blob that hold data (codes of every group slot, the
 /// parameters and the spikes); padding between regions is left out.
-pub fn blob_data_ranges(layout: &ShardLayout) -> [Range<usize>; 6] {
+pub fn blob_data_ranges(layout: &ShardLayout) -> [Range<usize>; 5] {
     let primary = 0..layout.slots() * layout.primary_bits() / 8;
     let secondary = layout.secondary_offset()..layout.secondary_offset() + layout.slots() * plane_bits(layout.wire).1 as usize / 8;
-    let tertiary = layout.tertiary_offset()..layout.tertiary_offset() + layout.slots() * plane_bits(layout.wire).2 as usize / 8;
     let params = layout.params_offset()..layout.params_offset() + layout.groups * 8;
     let spike_values = layout.spike_values_offset()..layout.spike_values_offset() + layout.groups * layout.spikes * 2;
     let spike_positions = layout.spike_positions_offset()..layout.spike_positions_offset() + layout.groups * layout.spikes;
-    [primary, secondary, tertiary, params, spike_values, spike_positions]
+    [primary, secondary, params, spike_values, spike_positions]
 }
 
 /// Host twin of the `codec_quantize_*` kernels: `input` as one shard, groups
@@ -306,7 +305,7 @@ pub fn dequantize_blob<T: HostElement>(blob: &[u8], len: usize, bits: Bits, grou
         let g = c * CHUNK / group_size;
         let p = layout.params_offset() + 8 * g;
         let params = GroupParams { center: f32::from_bits(word(p)), half_step: f32::from_bits(word(p + 4)) };
-        let codes = read_chunk(&layout, c, blob).unpack(wire);
+        let codes = read_chunk(&layout, c, &word).unpack(wire);
         for (i, &q) in codes.iter().enumerate().take(len - c * CHUNK) {
             let at = (c * CHUNK + i) % group_size;
             let mut v = params.decode(q, b);
@@ -332,14 +331,9 @@ fn write_chunk(blob: &mut [u8], layout: &ShardLayout, c: usize, packed: &PackedC
         let at = layout.secondary_offset() + 4 * c;
         blob[at..at + 4].copy_from_slice(&packed.secondary.to_le_bytes());
     }
-    if plane_bits(layout.wire).2 == 1 {
-        let at = layout.tertiary_offset() + 2 * c;
-        blob[at..at + 2].copy_from_slice(&(packed.tertiary as u16).to_le_bytes());
-    }
 }
 
-fn read_chunk(layout: &ShardLayout, c: usize, blob: &[u8]) -> PackedChunk {
-    let word = |at: usize| u32::from_le_bytes(blob[at..at + 4].try_into().unwrap());
+fn read_chunk(layout: &ShardLayout, c: usize, word: &impl Fn(usize) -> u32) -> PackedChunk {
     let mut packed = PackedChunk::default();
     let base = c * layout.primary_chunk_bytes();
     for w in 0..layout.primary_chunk_bytes() / 4 {
@@ -347,10 +341,6 @@ fn read_chunk(layout: &ShardLayout, c: usize, blob: &[u8]) -> PackedChunk {
     }
     if plane_bits(layout.wire).1 == 2 {
         packed.secondary = word(layout.secondary_offset() + 4 * c);
-    }
-    if plane_bits(layout.wire).2 == 1 {
-        let at = layout.tertiary_offset() + 2 * c;
-        packed.tertiary = u16::from_le_bytes([blob[at], blob[at + 1]]) as u32;
     }
     packed
 }

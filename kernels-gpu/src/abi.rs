@@ -159,11 +159,6 @@ pub struct TwoStepArgs {
     pub shard_unit: u32,
     /// How each phase crosses the links: [`Transport::word`].
     pub transport: u32,
-    /// Code width of the reduce-scatter (the split kernel kind's width;
-    /// kinds of one width ignore it; 0 for plain wires).
-    pub rs_bits: u32,
-    /// Code width of the all-gather.
-    pub ag_bits: u32,
     /// Spikes per group of the reduce-scatter wire
     /// ([`Spikes`](crate::codec::Spikes); 0 for plain wires).
     pub rs_spikes: u32,
@@ -193,7 +188,7 @@ pub struct OneShotArgs {
 }
 
 const _: () = assert!(core::mem::size_of::<BarrierArgs>() == 8 * MAX_WORLD + 8 + 16);
-const _: () = assert!(core::mem::size_of::<TwoStepArgs>() == 8 * 4 + 8 * MAX_WORLD * 2 + 8 + 8 + 8 + 8 + core::mem::size_of::<BarrierArgs>());
+const _: () = assert!(core::mem::size_of::<TwoStepArgs>() == 8 * 4 + 8 * MAX_WORLD * 2 + 8 + 8 + 8 + core::mem::size_of::<BarrierArgs>());
 const _: () = assert!(core::mem::size_of::<OneShotArgs>() == 8 * 3 + 8 * MAX_WORLD + 8 + core::mem::size_of::<BarrierArgs>());
 
 /// How one phase of the two-step kernel crosses the links.

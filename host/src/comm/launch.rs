@@ -117,7 +117,8 @@ impl Call {
             kernel_words(kernel),
             unit as u64,
             transport as u64,
-            // The widths and spike counts themselves: kernels serve several.
+            // The spike counts (one spiky kernel serves every count) and,
+            // for safety, the widths.
             match self.plan {
                 Plan::Flash(q) => (q.rs_spikes.get() | q.ag_spikes.get() << 8) as u64 | (q.rs_bits.bits() as u64) << 16 | (q.ag_bits.bits() as u64) << 24,
                 _ => 0,
@@ -224,14 +225,8 @@ impl Communicator {
     fn launch_twostep(&self, call: &Call, (rs, ag, unit): (Wire, Wire, usize), transport: u32, skip: Option<PhaseSkip>) -> Result<()> {
         let r = &self.ranks[call.local];
         let kernel = match skip {
-            // The split widths share a kernel; their width is an argument.
-            Some(_) => KernelId::TwoStepDiagnostic { dtype: call.dtype, rs: rs.kernel_key(), ag: ag.kernel_key() },
-            None => KernelId::TwoStep {
-                dtype: call.dtype,
-                rs: rs.kernel_key(),
-                ag: ag.kernel_key(),
-                spiky: matches!(call.plan, Plan::Flash(q) if q.has_spikes()),
-            },
+            Some(_) => KernelId::TwoStepDiagnostic { dtype: call.dtype, rs, ag },
+            None => KernelId::TwoStep { dtype: call.dtype, rs, ag, spiky: matches!(call.plan, Plan::Flash(q) if q.has_spikes()) },
         };
         let piece_len = balanced_piece(call.len, self.piece_elems(call.plan));
         let mut args = TwoStepArgs {
@@ -244,8 +239,6 @@ impl Communicator {
             shard_stride: self.peers.shard_stride as u64,
             shard_unit: unit as u32,
             transport,
-            rs_bits: if rs.is_quantized() { rs.bits() } else { 0 },
-            ag_bits: if ag.is_quantized() { ag.bits() } else { 0 },
             rs_spikes: if let Plan::Flash(q) = call.plan { q.rs_spikes.get() as u32 } else { 0 },
             ag_spikes: if let Plan::Flash(q) = call.plan { q.ag_spikes.get() as u32 } else { 0 },
             barrier: BarrierArgs { tag: call.tag(0, piece_len, kernel, unit, transport), ..r.barrier },

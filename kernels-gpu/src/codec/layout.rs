@@ -6,17 +6,15 @@
 //! chunk can be moved with vector accesses:
 //!
 //! ```text
-//! offset 0                  primary plane    groups*G*p/8 bytes, p = 8 (INT8) or 4 (the others)
-//! secondary_offset()        2-bit plane      groups*G/4 bytes (INT6, INT7: code bits 4-5)
-//! tertiary_offset()         1-bit plane      groups*G/8 bytes (INT5, INT7: each code's top bit)
+//! offset 0                  primary plane    groups*G*p/8 bytes, p = 8 (INT8) or 4 (INT4, INT6)
+//! secondary_offset()        secondary plane  groups*G/4 bytes (INT6 only: top two bits per code)
 //! params_offset()           parameters       groups * 8 bytes: per group [center: f32, half_step: f32]
 //! spike_values_offset()     spike values     groups * k * 2 bytes: per group k element-type values (k spikes)
 //! spike_positions_offset()  spike positions  groups * k bytes: per group k positions in the group
 //! ```
 //! Every group owns `G` code slots, also a short last group (its unused slots
 //! hold code 0). Chunk `c` (elements `16c..16c+16` of the shard) sits at byte
-//! `16c*p/8` of the primary plane, byte `4c` of the 2-bit plane and byte `2c`
-//! of the 1-bit plane (see
+//! `16c*p/8` of the primary plane and byte `4c` of the secondary plane (see
 //! [`PackedChunk`](super::PackedChunk) for the bit order); group `g`'s
 //! parameters sit at `params_offset() + 8g`, its spikes (see
 //! [`spikes`](super::spikes)) at `spike_values_offset() + 2kg` and
@@ -29,7 +27,7 @@
 //! sit at element `(c & !31) * 16 + (c & 31) * 8` and its elements 8..16 at
 //! that + 256 ([`plain_chunk_offsets`]); the slots are rounded up to 512.
 //! A plain shard is cut in units of [`PLAIN_SHARD_UNIT`] elements instead of groups.
-use super::wire::Wire;
+use super::wire::{Bits, Wire};
 
 /// Elements per GPU thread and per packing unit.
 pub const CHUNK: usize = 16;
@@ -51,22 +49,15 @@ pub const fn plain_chunk_offsets(c: usize) -> (usize, usize) {
     (first, first + PLAIN_WARP_ELEMS / 2)
 }
 
-/// Bits per code in the primary, the 2-bit and the 1-bit plane of a format
-/// (the bit split of FlashCommunication V2: planes of hardware-friendly
-/// widths; see [`PackedChunk`](super::PackedChunk)).
+/// Bits per code in the primary and the secondary plane of a format (the
+/// bit split of FlashCommunication V2: planes of hardware-friendly widths).
 #[inline(always)]
-pub const fn plane_bits(wire: Wire) -> (u32, u32, u32) {
-    // Arithmetic on the width, not a match per width: with the width a
-    // kernel argument (the split kind), LLVM turns such a match into a
-    // lookup table in global memory.
+pub const fn plane_bits(wire: Wire) -> (u32, u32) {
     match wire {
-        Wire::Plain => (16, 0, 0),
-        Wire::Quantized(b) => {
-            let bits = b.bits();
-            // 4 -> (4, 0, 0), 5 -> (4, 0, 1), 6 -> (4, 2, 0), 7 -> (4, 2, 1),
-            // 8 -> (8, 0, 0).
-            (if bits == 8 { 8 } else { 4 }, (bits - 4) & 2, (bits - 4) & 1)
-        }
+        Wire::Plain => (16, 0),
+        Wire::Quantized(Bits::B8) => (8, 0),
+        Wire::Quantized(Bits::B6) => (4, 2),
+        Wire::Quantized(Bits::B4) => (4, 0),
     }
 }
 
@@ -134,28 +125,16 @@ impl ShardLayout {
         self.primary_bytes()
     }
 
-    /// Size of the secondary (2-bit) plane (0 without one).
+    /// Size of the secondary plane (0 for single-plane formats).
     #[inline(always)]
     pub const fn secondary_bytes(&self) -> usize {
         round16(self.slots() * plane_bits(self.wire).1 as usize / 8)
     }
 
-    /// Start of the tertiary (1-bit) plane.
-    #[inline(always)]
-    pub const fn tertiary_offset(&self) -> usize {
-        self.secondary_offset() + self.secondary_bytes()
-    }
-
-    /// Size of the tertiary (1-bit) plane (0 without one).
-    #[inline(always)]
-    pub const fn tertiary_bytes(&self) -> usize {
-        round16(self.slots() * plane_bits(self.wire).2 as usize / 8)
-    }
-
     /// Start of the per-group parameters.
     #[inline(always)]
     pub const fn params_offset(&self) -> usize {
-        self.tertiary_offset() + self.tertiary_bytes()
+        self.secondary_offset() + self.secondary_bytes()
     }
 
     /// Size of the parameter region (0 for plain blobs).

@@ -2,37 +2,32 @@
 //! two-step all-reduce, and the quantization group size.
 //!
 //! Every fact about a format is stated here once:
-//! - [`Bits`], a code width (8, 7, 6, 5 or 4 bits), and [`Wire`], a step's
-//!   format as a value (plain or quantized with some [`Bits`]: host code,
-//!   layouts, kernel keys);
-//! - the *kernel kinds*, in `quantized_wires!`: the types the kernels are
-//!   generic over ([`kind`], implementing [`WireKind`]). INT8 and INT4 are
-//!   kinds of their own, compiled for their one width; the *split* widths
-//!   (7, 6, 5: a 4-bit plane plus a 2-bit and/or a 1-bit plane, the bit
-//!   split of FlashCommunication V2) share one kind whose width is a kernel
-//!   argument, so each pair of kinds is one kernel, not each pair of widths;
-//! - the set of two-step kernels, generated from the kinds
+//! - the list of code widths (name, bits), in `quantized_wires!`;
+//! - [`Bits`], a code width, and [`Wire`], a step's format as a value
+//!   (plain or quantized with some [`Bits`]: host code, layouts, kernel
+//!   keys), and [`kind`], the same formats as types implementing
+//!   [`WireKind`], which the kernels are generic over (each kernel is
+//!   compiled for its formats);
+//! - the set of two-step kernels, generated from that list
 //!   (`twostep_wire_pairs!`): the plain pair and every pair of quantized
-//!   kinds.
+//!   formats.
 //!
-//! A width whose planes already exist (a split width) is a line in
-//! [`Bits`] and its plane sizes in [`layout`](super::layout); a width with a
-//! new plane also needs its packing in [`pack`](super::pack) and its load
-//! and store in the kernels' chunk code.
+//! Adding a width (say 5 bits) is one line in `quantized_wires!` plus its
+//! packing in the codec ([`pack`](super::pack) and the plane sizes in
+//! [`layout`](super::layout)); the kernels, the host's kernel keys, the
+//! configuration parser and the tests follow from the list.
 
-/// Calls `$callback! { $arg (Kind name width) ... }` with every quantized
-/// kernel kind, widest first: `name` goes into kernel names, `width` is the
-/// kind's one width, or `split` for the kind whose width is an argument.
-/// The one list of kinds.
+/// Calls `$callback! { $arg (Variant name bits) ... }` with every quantized
+/// wire format, widest first. The one list of quantized formats.
 #[macro_export]
 #[doc(hidden)]
 macro_rules! quantized_wires {
     // An identifier callback also works in expression position.
     ($callback:ident, $arg:tt) => {
-        $callback! { $arg (B8 int8 B8) (Split split split) (B4 int4 B4) }
+        $callback! { $arg (B8 int8 8) (B6 int6 6) (B4 int4 4) }
     };
     ($callback:path, $arg:tt) => {
-        $callback! { $arg (B8 int8 B8) (Split split split) (B4 int4 B4) }
+        $callback! { $arg (B8 int8 8) (B6 int6 6) (B4 int4 4) }
     };
 }
 
@@ -70,78 +65,46 @@ macro_rules! twostep_wire_pairs {
     };
 }
 
-/// The code width of a quantized step.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Bits {
-    /// 8-bit codes (one byte plane).
-    B8,
-    /// 7-bit codes (split: 4 + 2 + 1-bit planes).
-    B7,
-    /// 6-bit codes (split: 4 + 2-bit planes).
-    B6,
-    /// 5-bit codes (split: 4 + 1-bit planes).
-    B5,
-    /// 4-bit codes (one nibble plane).
-    B4,
-}
-
-impl Bits {
-    /// Every width, widest first.
-    pub const ALL: &'static [Bits] = &[Bits::B8, Bits::B7, Bits::B6, Bits::B5, Bits::B4];
-
-    /// The number of bits.
-    #[inline(always)]
-    pub const fn bits(self) -> u32 {
-        match self {
-            Bits::B8 => 8,
-            Bits::B7 => 7,
-            Bits::B6 => 6,
-            Bits::B5 => 5,
-            Bits::B4 => 4,
+macro_rules! define_wire {
+    ([] $(($variant:ident $name:ident $bits:literal))*) => {
+        /// The code width of a quantized step.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Bits {
+            $(
+                #[doc = concat!(stringify!($bits), "-bit codes.")]
+                $variant,
+            )*
         }
-    }
 
-    /// The width's name in settings: `int8`, ...
-    pub const fn name(self) -> &'static str {
-        match self {
-            Bits::B8 => "int8",
-            Bits::B7 => "int7",
-            Bits::B6 => "int6",
-            Bits::B5 => "int5",
-            Bits::B4 => "int4",
+        impl Bits {
+            /// Every width, widest first.
+            pub const ALL: &'static [Bits] = &[$(Bits::$variant),*];
+
+            /// The number of bits.
+            #[inline(always)]
+            pub const fn bits(self) -> u32 {
+                match self {
+                    $(Bits::$variant => $bits,)*
+                }
+            }
+
+            /// The width's name in settings and kernel names: `int8`, ...
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Bits::$variant => stringify!($name),)*
+                }
+            }
+
+            /// The width of `bits` bits, if it is supported.
+            pub const fn from_bits(bits: u32) -> Option<Bits> {
+                match bits {
+                    $($bits => Some(Bits::$variant),)*
+                    _ => None,
+                }
+            }
         }
-    }
 
-    /// The width of `bits` bits, if it is supported.
-    #[inline(always)]
-    pub const fn from_bits(bits: u32) -> Option<Bits> {
-        match bits {
-            8 => Some(Bits::B8),
-            7 => Some(Bits::B7),
-            6 => Some(Bits::B6),
-            5 => Some(Bits::B5),
-            4 => Some(Bits::B4),
-            _ => None,
-        }
-    }
-
-    /// Whether the width is a split one (served by the `split` kernel kind).
-    #[inline(always)]
-    pub const fn is_split(self) -> bool {
-        matches!(self, Bits::B7 | Bits::B6 | Bits::B5)
-    }
-}
-
-macro_rules! define_kinds {
-    (@wire B8) => { Wire::Quantized(Bits::B8) };
-    (@wire B4) => { Wire::Quantized(Bits::B4) };
-    // The split kind's key in kernel tables; its width is an argument.
-    (@wire split) => { Wire::Quantized(Bits::B6) };
-    (@resolve B8, $runtime:ident) => { Self::WIRE };
-    (@resolve B4, $runtime:ident) => { Self::WIRE };
-    (@resolve split, $runtime:ident) => { $runtime };
-    ([] $(($kind:ident $name:ident $width:ident))*) => {
-        /// The kernel kinds as types, for the kernels' monomorphisation.
+        /// The wire formats as types, for the kernels' monomorphisation.
         pub mod kind {
             use super::{Bits, Wire, WireKind};
             /// [`Wire::Plain`] as a type.
@@ -151,22 +114,17 @@ macro_rules! define_kinds {
                 const WIRE: Wire = Wire::Plain;
             }
             $(
-                #[doc = concat!("The `", stringify!($name), "` kernel kind as a type.")]
+                #[doc = concat!("[`Wire::Quantized`]`(`[`Bits::", stringify!($variant), "`]`)` as a type.")]
                 #[derive(Clone, Copy, Debug)]
-                pub struct $kind;
-                impl WireKind for $kind {
-                    const WIRE: Wire = define_kinds!(@wire $width);
-                    #[inline(always)]
-                    #[allow(unused_variables)]
-                    fn resolve(runtime: Wire) -> Wire {
-                        define_kinds!(@resolve $width, runtime)
-                    }
+                pub struct $variant;
+                impl WireKind for $variant {
+                    const WIRE: Wire = Wire::Quantized(Bits::$variant);
                 }
             )*
         }
     };
 }
-quantized_wires! { define_kinds, [] }
+quantized_wires! { define_wire, [] }
 
 /// The wire format of one step: the plain elements, or per-group quantized
 /// codes (see the [codec](super) docs).
@@ -194,37 +152,19 @@ impl Wire {
         }
     }
 
-    /// The format's name: `plain`, `int8`, ...
+    /// The format's name in kernel names: `plain`, `int8`, ...
     pub const fn name(self) -> &'static str {
         match self {
             Wire::Plain => "plain",
             Wire::Quantized(b) => b.name(),
         }
     }
-
-    /// The key of the kernel kind that serves this format (the split widths
-    /// share one: [`WireKind::WIRE`] of the split kind).
-    #[inline(always)]
-    pub const fn kernel_key(self) -> Wire {
-        match self {
-            Wire::Quantized(b) if b.is_split() => Wire::Quantized(Bits::B6),
-            w => w,
-        }
-    }
 }
 
-/// A kernel kind as a type (see [`kind`]).
+/// A wire format as a type (see [`kind`]).
 pub trait WireKind: Copy + 'static {
-    /// The format (the split kind: its key in kernel tables).
+    /// The format.
     const WIRE: Wire;
-    /// The format of a call whose argument says `runtime`: [`Self::WIRE`]
-    /// (a constant the compiler folds) for a kind of one width, `runtime`
-    /// for the split kind.
-    #[inline(always)]
-    fn resolve(runtime: Wire) -> Wire {
-        let _ = runtime;
-        Self::WIRE
-    }
 }
 
 /// Elements per quantization group: 32, 64, 128 or 256 (a power of two

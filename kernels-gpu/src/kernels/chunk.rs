@@ -9,7 +9,7 @@ use crate::abi::MAX_WORLD;
 use crate::codec::quant::{nan_max, nan_min};
 use crate::codec::spikes::{key_is_non_finite, key_position, key_value, largest_key_below, spike_key, KEY_BOUND};
 use crate::codec::layout::{plain_chunk_offsets, plane_bits};
-use crate::codec::{Element, Encoder, GroupParams, PackedChunk, ShardLayout, Wire, WireKind, CHUNK};
+use crate::codec::{Element, Encoder, GroupParams, PackedChunk, ShardLayout, WireKind, CHUNK};
 use crate::intrinsics::mem::*;
 use crate::intrinsics::thread::{lane_id, select_eq_u64};
 use crate::intrinsics::warp::{shfl_xor_f32, shfl_xor_u32};
@@ -207,10 +207,8 @@ unsafe fn group_min_max(x: &[f32; CHUNK], valid: usize, lanes_per_group: u32) ->
 pub struct WireChunk {
     /// Plain elements (8 words) or the primary code plane (4 or 2 words).
     words: [u32; 8],
-    /// The 2-bit code plane (widths 6 and 7).
+    /// The secondary code plane (two-plane formats).
     secondary: u32,
-    /// The 1-bit code plane (widths 5 and 7), low 16 bits.
-    tertiary: u32,
     /// The group's `[center, half_step]` bits.
     params: [u32; 2],
     /// Whether this thread stores the group's parameters (and spikes).
@@ -228,10 +226,9 @@ pub struct WireChunk {
 /// # Safety
 /// All 32 lanes of the warp call this together (shuffles inside).
 #[inline(always)]
-pub unsafe fn encode_chunk<E: Element, W: WireKind>(x: &[f32; CHUNK], pos: ChunkPos, group_shift: u32, wire: Wire) -> WireChunk {
-    let wire = W::resolve(wire);
+pub unsafe fn encode_chunk<E: Element, W: WireKind>(x: &[f32; CHUNK], pos: ChunkPos, group_shift: u32) -> WireChunk {
     let mut w = WireChunk::default();
-    if !wire.is_quantized() {
+    if !W::WIRE.is_quantized() {
         unroll!(i in 8 => {
             w.words[i] = E::from_f32(x[2 * i]) as u32 | (E::from_f32(x[2 * i + 1]) as u32) << 16;
         });
@@ -240,15 +237,15 @@ pub unsafe fn encode_chunk<E: Element, W: WireKind>(x: &[f32; CHUNK], pos: Chunk
     let lanes_per_group = 1u32 << (group_shift - 4);
     // SAFETY: the caller guarantees a converged warp.
     let (mn, mx) = unsafe { group_min_max(x, pos.valid, lanes_per_group) };
-    let params = GroupParams::from_min_max(mn, mx, wire.bits());
-    quantize_into(&mut w, x, pos, params, lanes_per_group, wire);
+    let params = GroupParams::from_min_max(mn, mx, W::WIRE.bits());
+    quantize_into::<W>(&mut w, x, pos, params, lanes_per_group);
     w
 }
 
 /// Codes and parameters of a chunk whose group parameters are known.
 #[inline(always)]
-fn quantize_into(w: &mut WireChunk, x: &[f32; CHUNK], pos: ChunkPos, params: GroupParams, lanes_per_group: u32, wire: Wire) {
-    let encoder = Encoder::new(params, wire.bits());
+fn quantize_into<W: WireKind>(w: &mut WireChunk, x: &[f32; CHUNK], pos: ChunkPos, params: GroupParams, lanes_per_group: u32) {
+    let encoder = Encoder::new(params, W::WIRE.bits());
     // Every element is encoded, whatever the missing ones hold (the encoder
     // is plain arithmetic and clamps), then the codes past `valid` are
     // cleared in the packed words: per-chunk masking instead of a branch
@@ -257,13 +254,12 @@ fn quantize_into(w: &mut WireChunk, x: &[f32; CHUNK], pos: ChunkPos, params: Gro
     unroll!(i in 16 => {
         codes[i] = encoder.encode(x[i]);
     });
-    let mut packed = PackedChunk::pack(&codes, wire);
+    let mut packed = PackedChunk::pack(&codes, W::WIRE);
     if pos.valid < CHUNK {
-        packed.keep_first(pos.valid, wire);
+        packed.keep_first(pos.valid, W::WIRE);
     }
     w.words[..4].copy_from_slice(&packed.primary);
     w.secondary = packed.secondary;
-    w.tertiary = packed.tertiary;
     w.params = [params.center.to_bits(), params.half_step.to_bits()];
     w.leader = lane_id() & (lanes_per_group - 1) == 0;
 }
@@ -295,12 +291,10 @@ pub unsafe fn encode_spiky_chunk<E: Element, W: WireKind>(
     pos: ChunkPos,
     group_shift: u32,
     spikes: usize,
-    wire: Wire,
 ) -> WireChunk {
-    let wire = W::resolve(wire);
     if spikes == 0 {
         // SAFETY: forwarded caller contract.
-        return unsafe { encode_chunk::<E, W>(&values(), pos, group_shift, wire) };
+        return unsafe { encode_chunk::<E, W>(&values(), pos, group_shift) };
     }
     let mut w = WireChunk::default();
     let lanes_per_group = 1u32 << (group_shift - 4);
@@ -361,9 +355,9 @@ pub unsafe fn encode_spiky_chunk<E: Element, W: WireKind>(
         // Nothing left: every valid element is a spike.
         GroupParams::ZERO
     } else {
-        GroupParams::from_min_max(mn, mx, wire.bits())
+        GroupParams::from_min_max(mn, mx, W::WIRE.bits())
     };
-    quantize_into(&mut w, &x, pos, params, lanes_per_group, wire);
+    quantize_into::<W>(&mut w, &x, pos, params, lanes_per_group);
     w
 }
 
@@ -404,26 +398,21 @@ impl WireChunk {
 /// parameters, for the leader) this thread may write; `pos.in_slots` holds.
 #[inline(always)]
 pub unsafe fn store_chunk<W: WireKind, const SPIKY: bool>(blob: *mut u8, layout: &ShardLayout, pos: ChunkPos, w: &WireChunk, group_shift: u32) {
-    let wire = W::resolve(layout.wire);
     // SAFETY: the caller guarantees the chunk lies in the blob's slots.
     unsafe {
-        if !wire.is_quantized() {
+        if !W::WIRE.is_quantized() {
             let (first, second) = plain_chunk_offsets(pos.index);
             st_global_v4(blob.add(2 * first) as *mut [u32; 4], [w.words[0], w.words[1], w.words[2], w.words[3]]);
             st_global_v4(blob.add(2 * second) as *mut [u32; 4], [w.words[4], w.words[5], w.words[6], w.words[7]]);
             return;
         }
         let primary = blob.add(pos.index * layout.primary_chunk_bytes());
-        let (primary_bits, two, one) = plane_bits(wire);
-        if primary_bits == 8 {
+        if plane_bits(W::WIRE).0 == 8 {
             st_global_v4(primary as *mut [u32; 4], [w.words[0], w.words[1], w.words[2], w.words[3]]);
         } else {
             st_global_v2(primary as *mut [u32; 2], [w.words[0], w.words[1]]);
-            if two == 2 {
+            if plane_bits(W::WIRE).1 == 2 {
                 st_global_u32(blob.add(layout.secondary_offset() + pos.index * 4) as *mut u32, w.secondary);
-            }
-            if one == 1 {
-                st_global_u16(blob.add(layout.tertiary_offset() + pos.index * 2) as *mut u16, w.tertiary as u16);
             }
         }
         if w.leader {
@@ -467,11 +456,10 @@ pub unsafe fn store_chunk<W: WireKind, const SPIKY: bool>(blob: *mut u8, layout:
 /// (release/acquire) before this call, and `index` is inside its slots.
 #[inline(always)]
 pub unsafe fn fetch_chunk<W: WireKind, const SPIKY: bool>(blob: *const u8, index: usize, layout: &ShardLayout, group_shift: u32) -> WireChunk {
-    let wire = W::resolve(layout.wire);
     let mut f = WireChunk::default();
     // SAFETY: the caller guarantees the blob holds chunk `index`.
     unsafe {
-        if !wire.is_quantized() {
+        if !W::WIRE.is_quantized() {
             let (first, second) = plain_chunk_offsets(index);
             let a = ld_global_cg_v4(blob.add(2 * first) as *const [u32; 4]);
             let b = ld_global_cg_v4(blob.add(2 * second) as *const [u32; 4]);
@@ -509,19 +497,15 @@ pub unsafe fn fetch_chunk<W: WireKind, const SPIKY: bool>(blob: *const u8, index
                 }
             }
         }
-        let (primary_bits, two, one) = plane_bits(wire);
-        if primary_bits == 8 {
+        if plane_bits(W::WIRE).0 == 8 {
             let w = ld_global_cg_v4(primary as *const [u32; 4]);
             f.words[..4].copy_from_slice(&w);
         } else {
             let w = ld_global_cg_v2(primary as *const [u32; 2]);
             f.words[0] = w[0];
             f.words[1] = w[1];
-            if two == 2 {
+            if plane_bits(W::WIRE).1 == 2 {
                 f.secondary = ld_global_cg_u32(blob.add(layout.secondary_offset() + index * 4) as *const u32);
-            }
-            if one == 1 {
-                f.tertiary = ld_global_cg_u16(blob.add(layout.tertiary_offset() + index * 2) as *const u16) as u32;
             }
         }
     }
@@ -532,18 +516,17 @@ pub unsafe fn fetch_chunk<W: WireKind, const SPIKY: bool>(blob: *const u8, index
 /// group's `spikes` spike positions get the spikes' values (`offset`: the
 /// chunk's first position in its group).
 #[inline(always)]
-pub fn decode_chunk<E: Element, W: WireKind, const SPIKY: bool>(f: &WireChunk, wire: Wire, offset: usize, spikes: usize) -> [f32; CHUNK] {
-    let wire = W::resolve(wire);
+pub fn decode_chunk<E: Element, W: WireKind, const SPIKY: bool>(f: &WireChunk, offset: usize, spikes: usize) -> [f32; CHUNK] {
     let mut x = [0.0f32; CHUNK];
-    if !wire.is_quantized() {
+    if !W::WIRE.is_quantized() {
         unpack_pairs::<E>(&f.words, &mut x);
         return x;
     }
     let params = GroupParams { center: f32::from_bits(f.params[0]), half_step: f32::from_bits(f.params[1]) };
-    let packed = PackedChunk { primary: [f.words[0], f.words[1], f.words[2], f.words[3]], secondary: f.secondary, tertiary: f.tertiary };
-    let codes = packed.unpack(wire);
+    let packed = PackedChunk { primary: [f.words[0], f.words[1], f.words[2], f.words[3]], secondary: f.secondary };
+    let codes = packed.unpack(W::WIRE);
     unroll!(i in 16 => {
-        x[i] = params.decode(codes[i], wire.bits());
+        x[i] = params.decode(codes[i], W::WIRE.bits());
     });
     if SPIKY {
         let mut j = 0;
@@ -599,7 +582,7 @@ pub unsafe fn sum_over_ranks<E: Element, W: WireKind, const SPIKY: bool>(
             });
             unroll!(k in 2 => {
                 if base + k < world {
-                    let part = decode_chunk::<E, W, true>(&fetched[k], layout.wire, offset, layout.spikes);
+                    let part = decode_chunk::<E, W, true>(&fetched[k], offset, layout.spikes);
                     if base + k == 0 {
                         acc = part;
                     } else {
@@ -625,7 +608,7 @@ pub unsafe fn sum_over_ranks<E: Element, W: WireKind, const SPIKY: bool>(
         });
         unroll!(k in 4 => {
             if base + k < world {
-                let part = decode_chunk::<E, W, false>(&fetched[k], layout.wire, offset, layout.spikes);
+                let part = decode_chunk::<E, W, false>(&fetched[k], offset, layout.spikes);
                 // The sum starts from rank 0's value (not 0.0 + value: -0 stays -0).
                 if base + k == 0 {
                     acc = part;

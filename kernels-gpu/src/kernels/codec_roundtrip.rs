@@ -4,12 +4,12 @@
 use super::chunk::{decode_chunk, encode_chunk, encode_spiky_chunk, fetch_chunk, load_words, offset_in_group, store_chunk, store_elements, unpack_words, ChunkPos};
 use crate::abi::THREADS;
 use crate::codec::wire::kind;
-use crate::codec::{Bf16, Bits, Element, ShardLayout, Wire, WireKind, CHUNK, F16};
+use crate::codec::{Bf16, Element, ShardLayout, WireKind, CHUNK, F16};
 use crate::intrinsics::thread::{block_idx, grid_dim, thread_idx};
 
 #[inline(always)]
-unsafe fn quantize<E: Element, W: WireKind, const SPIKY: bool>(input: *const u16, len: usize, group_size: u32, wire: Wire, spikes: u32, blob: *mut u8) {
-    let layout = ShardLayout::new(len.div_ceil(group_size as usize), group_size as usize, W::resolve(wire)).with_spikes(spikes as usize);
+unsafe fn quantize<E: Element, W: WireKind, const SPIKY: bool>(input: *const u16, len: usize, group_size: u32, spikes: u32, blob: *mut u8) {
+    let layout = ShardLayout::new(len.div_ceil(group_size as usize), group_size as usize, W::WIRE).with_spikes(spikes as usize);
     let tiles = layout.slots().div_ceil(THREADS as usize * CHUNK);
     let mut t = block_idx() as usize;
     while t < tiles {
@@ -18,9 +18,9 @@ unsafe fn quantize<E: Element, W: WireKind, const SPIKY: bool>(input: *const u16
         unsafe {
             let words = load_words(input.add(pos.index * CHUNK), pos.valid);
             let wire = if SPIKY {
-                encode_spiky_chunk::<E, W>(&words, || unpack_words::<E>(&words), pos, group_size.trailing_zeros(), layout.spikes, layout.wire)
+                encode_spiky_chunk::<E, W>(&words, || unpack_words::<E>(&words), pos, group_size.trailing_zeros(), layout.spikes)
             } else {
-                encode_chunk::<E, W>(&unpack_words::<E>(&words), pos, group_size.trailing_zeros(), layout.wire)
+                encode_chunk::<E, W>(&unpack_words::<E>(&words), pos, group_size.trailing_zeros())
             };
             if pos.in_slots {
                 store_chunk::<W, SPIKY>(blob, &layout, pos, &wire, group_size.trailing_zeros());
@@ -31,8 +31,8 @@ unsafe fn quantize<E: Element, W: WireKind, const SPIKY: bool>(input: *const u16
 }
 
 #[inline(always)]
-unsafe fn dequantize<E: Element, W: WireKind, const SPIKY: bool>(blob: *const u8, len: usize, group_size: u32, wire: Wire, spikes: u32, output: *mut u16) {
-    let layout = ShardLayout::new(len.div_ceil(group_size as usize), group_size as usize, W::resolve(wire)).with_spikes(spikes as usize);
+unsafe fn dequantize<E: Element, W: WireKind, const SPIKY: bool>(blob: *const u8, len: usize, group_size: u32, spikes: u32, output: *mut u16) {
+    let layout = ShardLayout::new(len.div_ceil(group_size as usize), group_size as usize, W::WIRE).with_spikes(spikes as usize);
     let tiles = layout.slots().div_ceil(THREADS as usize * CHUNK);
     let mut t = block_idx() as usize;
     while t < tiles {
@@ -42,7 +42,7 @@ unsafe fn dequantize<E: Element, W: WireKind, const SPIKY: bool>(blob: *const u8
             unsafe {
                 let shift = group_size.trailing_zeros();
                 let wire = fetch_chunk::<W, SPIKY>(blob, pos.index, &layout, shift);
-                let x = decode_chunk::<E, W, SPIKY>(&wire, layout.wire, offset_in_group(pos.index, shift), layout.spikes);
+                let x = decode_chunk::<E, W, SPIKY>(&wire, offset_in_group(pos.index, shift), layout.spikes);
                 store_elements::<E>(output.add(pos.index * CHUNK), pos.valid, &x);
             }
         }
@@ -50,28 +50,20 @@ unsafe fn dequantize<E: Element, W: WireKind, const SPIKY: bool>(blob: *const u8
     }
 }
 
-/// Calls `$body` with `W` bound to the kernel kind of the quantized width
-/// of `$bits` bits and `$wire` to its format (nothing for any other value;
-/// the host passes only those).
+/// Calls `$body` with `W` bound to the quantized wire format of `$bits`
+/// bits (nothing for any other value; the host passes only those).
 macro_rules! with_wire {
-    ($bits:expr, $w:ident, $wire:ident => $body:expr) => {
-        if let Some(b) = Bits::from_bits($bits) {
-            let $wire = Wire::Quantized(b);
-            match b {
-                Bits::B8 => {
-                    type $w = kind::B8;
-                    $body
-                }
-                Bits::B4 => {
-                    type $w = kind::B4;
-                    $body
-                }
-                _ => {
-                    type $w = kind::Split;
-                    $body
-                }
-            }
+    ([@match $bits:expr, $w:ident, $body:expr] $(($variant:ident $name:ident $b:literal))*) => {
+        match $bits {
+            $($b => {
+                type $w = kind::$variant;
+                $body
+            })*
+            _ => {}
         }
+    };
+    ($bits:expr, $w:ident => $body:expr) => {
+        crate::quantized_wires! { with_wire, [@match $bits, $w, $body] }
     };
 }
 
@@ -87,11 +79,11 @@ macro_rules! codec_kernels {
         #[no_mangle]
         pub unsafe extern "ptx-kernel" fn $quantize(input: *const u16, len: u64, group_size: u32, bits: u32, spikes: u32, blob: *mut u8) {
             // SAFETY: forwarded caller contract.
-            with_wire!(bits, W, wire => unsafe {
+            with_wire!(bits, W => unsafe {
                 if spikes == 0 {
-                    quantize::<$elem, W, false>(input, len as usize, group_size, wire, spikes, blob)
+                    quantize::<$elem, W, false>(input, len as usize, group_size, spikes, blob)
                 } else {
-                    quantize::<$elem, W, true>(input, len as usize, group_size, wire, spikes, blob)
+                    quantize::<$elem, W, true>(input, len as usize, group_size, spikes, blob)
                 }
             })
         }
@@ -103,11 +95,11 @@ macro_rules! codec_kernels {
         #[no_mangle]
         pub unsafe extern "ptx-kernel" fn $dequantize(blob: *const u8, len: u64, group_size: u32, bits: u32, spikes: u32, output: *mut u16) {
             // SAFETY: forwarded caller contract.
-            with_wire!(bits, W, wire => unsafe {
+            with_wire!(bits, W => unsafe {
                 if spikes == 0 {
-                    dequantize::<$elem, W, false>(blob, len as usize, group_size, wire, spikes, output)
+                    dequantize::<$elem, W, false>(blob, len as usize, group_size, spikes, output)
                 } else {
-                    dequantize::<$elem, W, true>(blob, len as usize, group_size, wire, spikes, output)
+                    dequantize::<$elem, W, true>(blob, len as usize, group_size, spikes, output)
                 }
             })
         }

@@ -60,7 +60,7 @@ unsafe fn oneshot<E: Element>(a: &OneShotArgs) {
         // SAFETY: `valid` input elements; the chunk's raw slot lies in my
         // region of every rank's one-shot buffer, in this call's slot.
         unsafe {
-            let wire = encode_chunk::<E, Plain>(&load_elements::<E>(input.add(pos.index * CHUNK), pos.valid), pos, 4, Wire::Plain);
+            let wire = encode_chunk::<E, Plain>(&load_elements::<E>(input.add(pos.index * CHUNK), pos.valid), pos, 4);
             if pos.in_slots {
                 // Rank-rotated destinations, mine first (no incast).
                 for i in 0..world {

@@ -48,7 +48,7 @@ use super::barrier::{cross_rank_barrier, entry_check};
 use super::chunk::{decode_chunk, element_bits, encode_chunk, encode_spiky_chunk, fetch_chunk, load_words, offset_in_group, pick, store_chunk, store_elements, sum_over_ranks, unpack_words, unroll, ChunkPos};
 use crate::abi::{sync_area, Phase, PhaseSkip, ShardGeometry, Transport, TwoStepArgs, THREADS, TILE_ELEMS};
 use crate::codec::wire::kind;
-use crate::codec::{Bf16, Bits, Element, ShardLayout, Wire, WireKind, CHUNK, F16};
+use crate::codec::{Bf16, Element, ShardLayout, WireKind, CHUNK, F16};
 use crate::intrinsics::mem::{ld_global_u32, st_global_u32};
 use crate::intrinsics::thread::{block_idx, grid_dim, thread_idx};
 
@@ -208,9 +208,9 @@ impl TwoStepCall<'_> {
                 };
                 let wire = if SPIKY {
                     // The keys come from the input's own bits.
-                    encode_spiky_chunk::<E, RS>(&words, || unpack_words::<E>(&words), pos_here, self.group_shift, self.rs_layout.spikes, self.rs_layout.wire)
+                    encode_spiky_chunk::<E, RS>(&words, || unpack_words::<E>(&words), pos_here, self.group_shift, self.rs_layout.spikes)
                 } else {
-                    encode_chunk::<E, RS>(&unpack_words::<E>(&words), pos_here, self.group_shift, self.rs_layout.wire)
+                    encode_chunk::<E, RS>(&unpack_words::<E>(&words), pos_here, self.group_shift)
                 };
                 if pos_here.in_slots {
                     store_chunk::<RS, SPIKY>(blob, &self.rs_layout, pos_here, &wire, self.group_shift);
@@ -268,9 +268,9 @@ impl TwoStepCall<'_> {
         // SAFETY: the warp is converged.
         let wire = unsafe {
             if SPIKY && self.ag_layout.spikes > 0 {
-                encode_spiky_chunk::<E, AG>(&element_bits::<E>(&acc), || acc, pos, self.group_shift, self.ag_layout.spikes, self.ag_layout.wire)
+                encode_spiky_chunk::<E, AG>(&element_bits::<E>(&acc), || acc, pos, self.group_shift, self.ag_layout.spikes)
             } else {
-                encode_chunk::<E, AG>(&acc, pos, self.group_shift, self.ag_layout.wire)
+                encode_chunk::<E, AG>(&acc, pos, self.group_shift)
             }
         };
         if pos.in_slots {
@@ -296,7 +296,7 @@ impl TwoStepCall<'_> {
         if owner_decodes::<AG>() && pos.valid > 0 {
             // SAFETY: the `valid` output elements of my shard's chunk belong to this thread.
             let offset = offset_in_group(pos.index, self.group_shift);
-            unsafe { self.store_output::<E>(k, me, pos, &decode_chunk::<E, AG, SPIKY>(&wire, self.ag_layout.wire, offset, self.ag_layout.spikes)) };
+            unsafe { self.store_output::<E>(k, me, pos, &decode_chunk::<E, AG, SPIKY>(&wire, offset, self.ag_layout.spikes)) };
         }
     }
 
@@ -332,21 +332,11 @@ impl TwoStepCall<'_> {
                     let blob = (pick(&a.staging_out, if self.push_ag { self.me } else { s }) as *const u8).add(s * self.stride);
                     let wire = fetch_chunk::<AG, SPIKY>(blob, pos.index, &self.ag_layout, self.group_shift);
                     let offset = offset_in_group(pos.index, self.group_shift);
-                    self.store_output::<E>(k, s, pos, &decode_chunk::<E, AG, SPIKY>(&wire, self.ag_layout.wire, offset, self.ag_layout.spikes));
+                    self.store_output::<E>(k, s, pos, &decode_chunk::<E, AG, SPIKY>(&wire, offset, self.ag_layout.spikes));
                 }
             }
         }
     }
-}
-
-/// The wire of a width argument (`TwoStepArgs::rs_bits`): the split kind's
-/// format. A width the host never sends falls back to 6 bits.
-#[inline(always)]
-fn runtime_wire(bits: u32) -> Wire {
-    Wire::Quantized(match Bits::from_bits(bits) {
-        Some(b) => b,
-        None => Bits::B6,
-    })
 }
 
 /// The two-step kernel body (module docs). Diagnostic kernels pass the
@@ -371,8 +361,8 @@ unsafe fn twostep<E: Element, RS: WireKind, AG: WireKind, const SPIKY: bool>(a: 
         world,
         me: a.barrier.rank as usize,
         geo,
-        rs_layout: ShardLayout::new(geo.shard_groups, a.shard_unit as usize, RS::resolve(runtime_wire(a.rs_bits))).with_spikes(a.rs_spikes as usize),
-        ag_layout: ShardLayout::new(geo.shard_groups, a.shard_unit as usize, AG::resolve(runtime_wire(a.ag_bits))).with_spikes(a.ag_spikes as usize),
+        rs_layout: ShardLayout::new(geo.shard_groups, a.shard_unit as usize, RS::WIRE).with_spikes(a.rs_spikes as usize),
+        ag_layout: ShardLayout::new(geo.shard_groups, a.shard_unit as usize, AG::WIRE).with_spikes(a.ag_spikes as usize),
         group_shift: a.shard_unit.trailing_zeros(),
         stride: a.shard_stride as usize,
         push_rs: Transport::pushes_reduce_scatter(a.transport),
@@ -438,7 +428,7 @@ unsafe fn twostep<E: Element, RS: WireKind, AG: WireKind, const SPIKY: bool>(a: 
 }
 
 macro_rules! twostep_entry_points {
-    ($((($rv:ident $rn:ident $rb:tt) ($av:ident $an:ident $ab:tt)))*) => {
+    ($((($rv:ident $rn:ident $rb:literal) ($av:ident $an:ident $ab:literal)))*) => {
         $(
             const _: () = {
                 /// Two-step all-reduce entry point, bf16 (see the module docs).
@@ -470,7 +460,7 @@ macro_rules! twostep_entry_points {
 crate::twostep_wire_pairs! { twostep_entry_points }
 
 macro_rules! spiky_entry_points {
-    ($((($rv:ident $rn:ident $rb:tt) ($av:ident $an:ident $ab:tt)))*) => {
+    ($((($rv:ident $rn:ident $rb:literal) ($av:ident $an:ident $ab:literal)))*) => {
         $(
             const _: () = {
                 /// Two-step all-reduce entry point with spike reserving
@@ -501,7 +491,7 @@ macro_rules! spiky_entry_points {
 crate::twostep_wire_pairs! { quantized spiky_entry_points }
 
 macro_rules! diagnostic_entry_points {
-    ($(($dtype:ident $elem:ident (($rv:ident $rn:ident $rb:tt) ($av:ident $an:ident $ab:tt))))*) => {
+    ($(($dtype:ident $elem:ident (($rv:ident $rn:ident $rb:literal) ($av:ident $an:ident $ab:literal))))*) => {
         $(
             const _: () = {
                 /// Diagnostic two-step entry point: skips the data work of the
