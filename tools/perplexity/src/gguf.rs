@@ -453,8 +453,8 @@ mod tests {
         }
         let mut out = [0f32; 32];
         dequantize_into(GgmlType::Q8_0, &b, &mut out);
-        for j in 0..32 {
-            assert_eq!(out[j], (j as f32 - 16.0) * 0.25);
+        for (j, &o) in out.iter().enumerate() {
+            assert_eq!(o, (j as f32 - 16.0) * 0.25);
         }
     }
 
@@ -602,7 +602,9 @@ mod tests {
             return;
         }
         type Expect = (&'static str, GgmlType, f64, f64, &'static [(usize, f32)]);
+        // (gguf-py's values as it printed them)
         #[rustfmt::skip]
+        #[allow(clippy::excessive_precision)]
         let want: &[Expect] = &[
             ("token_embd.weight", GgmlType::Q8_0, -27668.36862385273, 278708.59100772557, &[(0, -0.007244110107421875), (1, 0.042860984802246094), (2, -0.034409523010253906), (3, -0.02112865447998047), (83886087, -0.021432876586914062), (167772159, -0.017424583435058594)]),
             ("blk.0.attn_output.weight", GgmlType::Q4_K, -1.8330761790275574, 930.2992641774874, &[(0, -0.015705108642578125), (1, 0.04966926574707031), (2, -0.03749656677246094), (3, 0.06056499481201172), (327687, -0.03889036178588867), (655359, -0.011407613754272461)]),

@@ -57,16 +57,85 @@ struct Cfg {
     shadow: bool,
     /// Evaluate only at these world sizes (`None`: all of `--worlds`).
     worlds: Option<Vec<usize>>,
+    /// Per-projection precision plan: these projections use their own
+    /// setting instead of `quant` (`/SETTING=PROJ+PROJ...`, repeatable).
+    overrides: Vec<(Quantization, Vec<Proj>)>,
+}
+
+/// A row-parallel projection: (layer, kind), spelled `<layer>a`
+/// (`attn_output`) or `<layer>m` (`ffn_down`).
+type Proj = (usize, Kind);
+
+fn parse_proj(s: &str) -> Result<Proj, String> {
+    let (n, k) = s.split_at(s.len().saturating_sub(1));
+    let kind = match k {
+        "a" => Kind::Attn,
+        "m" => Kind::Mlp,
+        _ => return Err(format!("bad projection {s:?}: <layer>a (attn_output) or <layer>m (ffn_down), e.g. 0m")),
+    };
+    Ok((n.parse().map_err(|_| format!("bad projection {s:?}: <layer>a or <layer>m, e.g. 29m"))?, kind))
+}
+
+fn proj_name((layer, kind): Proj) -> String {
+    format!("{layer}{}", if kind == Kind::Attn { "a" } else { "m" })
+}
+
+/// Bits per element that cross the link in the (reduce-scatter, all-gather)
+/// steps with `q` (`Quantized::bits_per_element`: full groups, 64 bits of
+/// parameters per group, 24 per spike); 16 for bf16 transport or the exact sum.
+fn bits_of(q: Option<Quantization>) -> (f64, f64) {
+    match q {
+        Some(Quantization::Int(x)) => x.bits_per_element(),
+        _ => (16.0, 16.0),
+    }
 }
 
 impl Cfg {
+    /// `/int8-g128=0m+29m...`: the overrides as `parse_cfg` reads them.
+    fn overrides_label(&self) -> String {
+        self.overrides
+            .iter()
+            .map(|(q, ps)| format!("/{}={}", q.label(), ps.iter().map(|&p| proj_name(p)).collect::<Vec<_>>().join("+")))
+            .collect()
+    }
+    /// The setting used at projection `p` (`None`: exact sum).
+    fn quant_at(&self, p: Proj) -> Option<Quantization> {
+        self.overrides.iter().find(|(_, ps)| ps.contains(&p)).map(|(q, _)| *q).or(self.quant)
+    }
+    /// Mean bits per element of the (reduce-scatter, all-gather) steps over
+    /// the 2 * n_layer all-reduces of a forward pass (all of the same size).
+    fn mean_bits(&self, n_layer: usize) -> (f64, f64) {
+        let (mut rs, mut ag) = (0.0, 0.0);
+        for l in 0..n_layer {
+            for kind in [Kind::Attn, Kind::Mlp] {
+                let (r, a) = bits_of(self.quant_at((l, kind)));
+                rs += r;
+                ag += a;
+            }
+        }
+        (rs / (2 * n_layer) as f64, ag / (2 * n_layer) as f64)
+    }
+    /// Overrides name existing layers, each projection at most once.
+    fn check(&self, n_layer: usize) -> Result<(), String> {
+        let mut seen = Vec::new();
+        for p in self.overrides.iter().flat_map(|(_, ps)| ps) {
+            if p.0 >= n_layer {
+                return Err(format!("{}: projection {} beyond the model's {n_layer} layers", self.short(), proj_name(*p)));
+            }
+            if seen.contains(p) {
+                return Err(format!("{}: projection {} overridden twice", self.short(), proj_name(*p)));
+            }
+            seen.push(*p);
+        }
+        Ok(())
+    }
     fn label(&self) -> String {
         let base = match self.quant {
             None => "exact (f64 sum of f32)".to_string(),
             Some(Quantization::None) => "bf16, unquantized (none)".into(),
             Some(q) => q.label(),
         };
-        let mut out = base;
+        let mut out = base + &self.overrides_label();
         if self.per_row {
             out += ", per-token groups";
         }
@@ -93,7 +162,7 @@ impl Cfg {
         if self.shadow {
             out += "-shadow";
         }
-        out
+        out + &self.overrides_label()
     }
     fn applies(&self, world: usize) -> bool {
         self.worlds.as_ref().is_none_or(|w| w.contains(&world))
@@ -104,7 +173,10 @@ impl Cfg {
 /// (`none`, `int8-g128`, `int4-int8-g64`, ...); optional suffixes, in this
 /// order: `-row` (per-token groups), `-tok0` (token 0 of each window
 /// combined exactly: diagnostic), `-shadow` (measure the reducer's error,
-/// propagate the exact sum: diagnostic), `@W[+W...]` (only at these world sizes).
+/// propagate the exact sum: diagnostic), then per-projection overrides
+/// `/SETTING=PROJ+PROJ...` (repeatable; PROJ `<layer>a` for `attn_output`,
+/// `<layer>m` for `ffn_down`), then `@W[+W...]` (only at these world sizes).
+/// E.g. `int4k4-int8-g128/int8-g128=0m+29m@4`.
 fn parse_cfg(s: &str) -> Result<Cfg, String> {
     let (s, worlds) = match s.split_once('@') {
         Some((c, w)) => {
@@ -116,6 +188,16 @@ fn parse_cfg(s: &str) -> Result<Cfg, String> {
         }
         None => (s, None),
     };
+    let mut parts = s.split('/');
+    let s = parts.next().unwrap_or_default();
+    let overrides = parts
+        .map(|o| {
+            let (q, ps) = o.split_once('=').ok_or_else(|| format!("bad override {o:?}: SETTING=PROJ+PROJ..., e.g. int8-g128=0m+29m"))?;
+            let q = Quantization::parse(q).map_err(|e| e.to_string())?;
+            let ps = ps.split('+').map(parse_proj).collect::<Result<Vec<_>, _>>()?;
+            Ok((q, ps))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     let (s, shadow) = match s.strip_suffix("-shadow") {
         Some(c) => (c, true),
         None => (s, false),
@@ -132,10 +214,10 @@ fn parse_cfg(s: &str) -> Result<Cfg, String> {
         "exact" => None,
         setting => Some(Quantization::parse(setting).map_err(|e| e.to_string())?),
     };
-    if (per_row || tok0_exact || shadow) && quant.is_none() {
-        return Err("-row, -tok0 and -shadow apply to reducer configurations only".into());
+    if (per_row || tok0_exact || shadow || !overrides.is_empty()) && quant.is_none() {
+        return Err("-row, -tok0, -shadow and per-projection overrides apply to reducer configurations only".into());
     }
-    Ok(Cfg { quant, per_row, tok0_exact, shadow, worlds })
+    Ok(Cfg { quant, per_row, tok0_exact, shadow, worlds, overrides })
 }
 
 fn cfg_set(name: &str) -> Result<Vec<Cfg>, String> {
@@ -170,6 +252,21 @@ fn cfg_set(name: &str) -> Result<Vec<Cfg>, String> {
                 for g in [32, 64, 128, 256] {
                     v.push(format!("{bits}-g{g}"));
                 }
+            }
+            v
+        }
+        // spike reserving (docs/accuracy.md): without and with spikes at
+        // W = 4, and INT8 with spikes at W = 8 (run with --worlds 4,8)
+        "spikes" => {
+            let mut v = vec!["exact".to_string()];
+            for c in [
+                "int4-int8", "int4k1-int8", "int4k4-int8", "int4k8-int8", "int4k4-int8k4", "int4", "int4k4", "int4k8", "int8",
+                "int8k1", "int4k8-int8-g256",
+            ] {
+                v.push(format!("{c}@4"));
+            }
+            for c in ["int8", "int8k1", "int8k4"] {
+                v.push(format!("{c}@8"));
             }
             v
         }
@@ -249,7 +346,8 @@ impl Combine for ExactComb {
 /// Hands bf16 partials to the library's reference all-reduce and measures the
 /// error of its output against the exact sum of the same (f32) partials.
 struct ReducerComb {
-    quant: Quantization,
+    /// The setting of each projection, at `layer * 2 + kind`.
+    quants: Vec<Quantization>,
     /// `Some(row)`: reduce each `row`-element slice separately.
     per_row: Option<usize>,
     /// Rows (of `row_len` elements) at the start of the buffer combined exactly.
@@ -265,9 +363,16 @@ struct ReducerComb {
 }
 
 impl ReducerComb {
-    fn new(quant: Quantization, cfg: &Cfg, model: &Model, only: Option<(usize, Kind)>) -> Self {
+    /// `cfg` must be a reducer configuration (`cfg.quant` is `Some`).
+    fn new(cfg: &Cfg, model: &Model, only: Option<(usize, Kind)>) -> Self {
+        let quants = (0..2 * model.n_layer)
+            .map(|i| {
+                let kind = if i % 2 == 0 { Kind::Attn } else { Kind::Mlp };
+                cfg.quant_at((i / 2, kind)).expect("ReducerComb needs a reducer configuration")
+            })
+            .collect();
         ReducerComb {
-            quant,
+            quants,
             per_row: cfg.per_row.then_some(model.n_embd),
             exact_rows: usize::from(cfg.tok0_exact),
             row_len: model.n_embd,
@@ -292,10 +397,11 @@ impl Combine for ReducerComb {
             b.clear();
             b.extend(p[..n].iter().map(|&v| bf16::from_f32(v)));
         }
+        let quant = self.quants[layer * 2 + kind as usize];
         let reduce = |range: std::ops::Range<usize>| {
             let inputs: Vec<&[bf16]> = self.bufs.iter().map(|b| &b[range.clone()]).collect();
-            let r = reference_all_reduce(&inputs, &self.quant)
-                .unwrap_or_else(|e| panic!("reference_all_reduce({:?}) failed: {e}", self.quant));
+            let r = reference_all_reduce(&inputs, &quant)
+                .unwrap_or_else(|e| panic!("reference_all_reduce({quant:?}) failed: {e}"));
             assert_eq!(r.len(), range.len(), "reducer returned a buffer of the wrong length");
             r
         };
@@ -407,8 +513,64 @@ struct Agg {
     count: usize,
     cpu_s: f64,
     stats: Option<ErrStats>,
+    /// Per window: (NLL, predictions).
+    windows: BTreeMap<usize, (f64, usize)>,
 }
 
+impl Agg {
+    fn ppl(&self) -> f64 {
+        (self.nll / self.count as f64).exp()
+    }
+    /// Standard error of ΔPPL % against `exact` from the spread of the
+    /// per-window mean-NLL differences (paired, same windows): the standard
+    /// error of their mean, times the PPL ratio (first order). `None` with
+    /// fewer than 2 windows.
+    fn dppl_se_pct(&self, exact: &Agg) -> Option<f64> {
+        let d: Vec<f64> = self
+            .windows
+            .iter()
+            .filter_map(|(w, &(nll, n))| exact.windows.get(w).map(|&(en, ec)| nll / n as f64 - en / ec as f64))
+            .collect();
+        if d.len() < 2 {
+            return None;
+        }
+        let k = d.len() as f64;
+        let mean = d.iter().sum::<f64>() / k;
+        let var = d.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (k - 1.0);
+        Some((var / k).sqrt() * self.ppl() / exact.ppl() * 100.0)
+    }
+}
+
+/// `--max-dppl-pct`: exit non-zero if a reducer row's ΔPPL exceeds its limit.
+#[derive(Clone, Debug, Default)]
+struct DpplLimits {
+    /// For every reducer row without its own limit.
+    default: Option<f64>,
+    /// (configuration as `Cfg::short` prints it, limit).
+    per_cfg: Vec<(String, f64)>,
+}
+
+impl DpplLimits {
+    /// `P` (every reducer row) and/or `CFG=P` entries, comma-separated:
+    /// `1,int4k4-int8-g128=8`.
+    fn parse(s: &str) -> Result<Self, String> {
+        let mut out = DpplLimits::default();
+        for e in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let pct = |p: &str| p.trim().parse::<f64>().map_err(|_| format!("bad --max-dppl-pct entry {e:?}"));
+            match e.split_once('=') {
+                Some((c, p)) => out.per_cfg.push((parse_cfg(c)?.short(), pct(p)?)),
+                None => out.default = Some(pct(e)?),
+            }
+        }
+        Ok(out)
+    }
+    fn limit(&self, cfg: &Cfg) -> Option<f64> {
+        let short = cfg.short();
+        self.per_cfg.iter().find(|(c, _)| *c == short).map(|&(_, p)| p).or(self.default)
+    }
+}
+
+#[derive(Clone)]
 struct Opts {
     models: PathBuf,
     model: String,
@@ -427,18 +589,22 @@ struct Opts {
     sanity: bool,
     fixture: Option<PathBuf>,
     layer_errors: Vec<String>,
-    max_dppl_pct: Option<f64>,
+    max_dppl: DpplLimits,
     tokenize: Option<PathBuf>,
     fixture_layers: String,
     ablate: Option<String>,
     ablate_windows: usize,
+    plan: Option<String>,
+    plan_upgrade: String,
+    plan_n: Vec<usize>,
+    plan_methods: Vec<PlanMethod>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: perplexity [--model smollm2|gemma3] [--quick] [--models DIR] [--ctx N] [--moby-tokens N] [--sotu FILE] [--sotu-tokens N]
-                  [--worlds 2,4,8] [--configs full|all|g128|LIST] [--sotu-configs full|all|g128|LIST] [--threads N]
-                  [--markdown FILE] [--layer-errors CFG@W,...] [--max-dppl-pct P]
+                  [--worlds 2,4,8] [--configs full|all|g128|spikes|LIST] [--sotu-configs full|all|g128|spikes|LIST] [--threads N]
+                  [--markdown FILE] [--layer-errors CFG@W,...] [--max-dppl-pct P[,CFG=P...]]
        perplexity --sanity            forward-pass check: PPL of the first 2,044 tokens of Moby Dick ch. 1-3
                                       (smollm2: against the numpy reference; gemma3: plus greedy continuations)
        perplexity --generate PROMPT [--gen-tokens N]
@@ -449,9 +615,19 @@ fn usage() -> ! {
        perplexity --ablate CFG@W [--ablate-windows N]
                                       dPPL with CFG applied at one projection only (each in turn),
                                       on the first N (4) Moby Dick windows
+       perplexity --plan CFG@W [--plan-upgrade SETTING] [--plan-n N[,N...]] [--plan-method ablate,gain] [--ablate-windows N]
+                                      per-projection precision plan: rank the projections by the --ablate
+                                      dPPL of CFG (method ablate, the default) and/or by the PPL gain of
+                                      upgrading that one projection with CFG everywhere else (gain), give
+                                      the top N (2) SETTING (int8-g128), evaluate exact, CFG and each plan
+                                      CFG/SETTING=<top N> on the Moby Dick sample at W
 --model: smollm2 (default; models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf) or
          gemma3 (models/gemma3/gemma-3-270m-q4_k_m.gguf); windows start with BOS when the model adds one
-configs: exact, or a library setting: none, int8-gG, int4-int8-gG (4 bits reduce-scatter, 8 all-gather), int4-gG, ..."
+configs: exact, or a library setting: none, int8-gG, int4-int8-gG (4 bits reduce-scatter, 8 all-gather), int4-gG,
+         a width with spikes per group: int4k4-int8 (4 spikes in the reduce-scatter), int8k1 (1 in both steps), ...;
+         suffixes -row, -tok0, -shadow (diagnostics), then per-projection overrides /SETTING=PROJ+PROJ...
+         (PROJ: <layer>a attn_output, <layer>m ffn_down; e.g. int4k4-int8-g128/int8-g128=0m+29m), then @W[+W]
+--max-dppl-pct: P for every reducer row, CFG=P for one configuration (e.g. 1,int4k4-int8-g128=8)"
     );
     std::process::exit(2)
 }
@@ -478,11 +654,15 @@ fn parse_args() -> Opts {
             .iter()
             .map(|s| s.to_string())
             .collect(),
-        max_dppl_pct: None,
+        max_dppl: DpplLimits::default(),
         tokenize: None,
         fixture_layers: "0a,11m,29m".into(),
         ablate: None,
         ablate_windows: 4,
+        plan: None,
+        plan_upgrade: "int8-g128".into(),
+        plan_n: vec![2],
+        plan_methods: vec![PlanMethod::Ablate],
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -507,9 +687,20 @@ fn parse_args() -> Opts {
             "--layer-errors" => o.layer_errors = val().split(',').filter(|s| !s.is_empty()).map(String::from).collect(),
             "--ablate" => o.ablate = Some(val()),
             "--ablate-windows" => o.ablate_windows = val().parse().unwrap_or_else(|_| usage()),
+            "--plan" => o.plan = Some(val()),
+            "--plan-upgrade" => o.plan_upgrade = val(),
+            "--plan-method" => {
+                o.plan_methods = val().split(',').map(|m| PlanMethod::parse(m).unwrap_or_else(|_| usage())).collect()
+            }
+            "--plan-n" => o.plan_n = val().split(',').map(|s| s.trim().parse().unwrap_or_else(|_| usage())).collect(),
             "--fixture-layers" => o.fixture_layers = val(),
             "--tokenize" => o.tokenize = Some(PathBuf::from(val())),
-            "--max-dppl-pct" => o.max_dppl_pct = Some(val().parse().unwrap_or_else(|_| usage())),
+            "--max-dppl-pct" => {
+                o.max_dppl = DpplLimits::parse(&val()).unwrap_or_else(|e| {
+                    eprintln!("{e}");
+                    usage()
+                })
+            }
             "-h" | "--help" => usage(),
             _ => {
                 eprintln!("unknown argument {a}");
@@ -522,7 +713,9 @@ fn parse_args() -> Opts {
         o.moby_tokens = 512;
         o.sotu_tokens = 0;
         o.worlds = vec![4];
-        o.cfgs = "exact,int8-g128".into();
+        // INT8 and one spike-reserving setting (4 spikes per group in the
+        // 4-bit reduce-scatter, INT8 all-gather)
+        o.cfgs = "exact,int8-g128,int4k4-int8-g128".into();
         o.layer_errors = vec!["int8-g128@4".into()];
     }
     o
@@ -614,18 +807,58 @@ fn real_main() -> Result<(), String> {
     if let Some(spec) = &opts.ablate {
         return ablate(&opts, &model, &tok, spec);
     }
+    if let Some(spec) = &opts.plan {
+        return plan(&opts, &model, &tok, spec);
+    }
 
+    let ev = evaluate(&opts, &model, &tok)?;
+    print!("{}", ev.md);
+    if let Some(p) = &opts.markdown {
+        std::fs::write(p, &ev.md).map_err(|e| format!("writing {}: {e}", p.display()))?;
+    }
+    if !ev.failed.is_empty() {
+        return Err(format!("dPPL threshold exceeded:\n  {}", ev.failed.join("\n  ")));
+    }
+    Ok(())
+}
+
+/// One row of an evaluation: a configuration on a sample at a world size.
+struct Row {
+    sample: usize,
+    world: usize,
+    /// `Cfg::short`.
+    cfg: String,
+    ppl: f64,
+    /// Against the exact row of the same sample and W, if there is one.
+    dppl_pct: Option<f64>,
+    /// Its standard error (`Agg::dppl_se_pct`).
+    dppl_se_pct: Option<f64>,
+    /// Mean bits per element of the (reduce-scatter, all-gather) steps.
+    bits: (f64, f64),
+}
+
+/// What `evaluate` measured: its markdown, the rows above their `--max-dppl-pct`
+/// limit, and every row.
+struct Eval {
+    md: String,
+    failed: Vec<String>,
+    rows: Vec<Row>,
+}
+
+/// The main evaluation: every configuration of `--configs` (`--sotu-configs`)
+/// at every world size on the Moby Dick (and SOTU) sample.
+fn evaluate(opts: &Opts, model: &Model, tok: &tokenizer::Tokenizer) -> Result<Eval, String> {
     let t_start = Instant::now();
     let ctx = opts.ctx;
-    if opts.moby_tokens % ctx != 0 || opts.sotu_tokens % ctx != 0 || ctx % 32 != 0 {
+    if !opts.moby_tokens.is_multiple_of(ctx) || !opts.sotu_tokens.is_multiple_of(ctx) || !ctx.is_multiple_of(32) {
         return Err("token counts must be multiples of --ctx, and --ctx a multiple of 32".into());
     }
     let mut samples = Vec::new();
     let moby = moby_text(&opts.models, 1..=40)?;
-    let bos_note = if window_bos(&tok).is_some() { format!(" (BOS + {} text tokens each)", ctx - 1) } else { String::new() };
+    let bos_note = if window_bos(tok).is_some() { format!(" (BOS + {} text tokens each)", ctx - 1) } else { String::new() };
     samples.push(Sample {
         name: format!("{}: Moby Dick ch. 1+, first {} tokens{bos_note}", opts.model, opts.moby_tokens),
-        windows: make_windows(&tok, &moby, opts.moby_tokens / ctx, ctx, "Moby Dick")?,
+        windows: make_windows(tok, &moby, opts.moby_tokens / ctx, ctx, "Moby Dick")?,
     });
     if opts.sotu_tokens > 0 {
         let text = read(&opts.models.join("text/sotu").join(&opts.sotu_file))?;
@@ -636,7 +869,7 @@ fn real_main() -> Result<(), String> {
                 opts.sotu_file.trim_end_matches(".txt"),
                 opts.sotu_tokens
             ),
-            windows: make_windows(&tok, &text, opts.sotu_tokens / ctx, ctx, &opts.sotu_file)?,
+            windows: make_windows(tok, &text, opts.sotu_tokens / ctx, ctx, &opts.sotu_file)?,
         });
     }
     let cfgs_per_sample: Vec<Vec<Cfg>> = samples
@@ -650,12 +883,15 @@ fn real_main() -> Result<(), String> {
             }
         })
         .collect::<Result<_, _>>()?;
+    for c in cfgs_per_sample.iter().flatten() {
+        c.check(model.n_layer)?;
+    }
     let mut jobs = Vec::new();
     for (si, s) in samples.iter().enumerate() {
         let nwin = s.windows.len();
         for &w in &opts.worlds {
-            for ci in 0..cfgs_per_sample[si].len() {
-                if !cfgs_per_sample[si][ci].applies(w) {
+            for (ci, c) in cfgs_per_sample[si].iter().enumerate() {
+                if !c.applies(w) {
                     continue;
                 }
                 for window in 0..nwin {
@@ -679,15 +915,15 @@ fn real_main() -> Result<(), String> {
         let cfg = &cfgs_per_sample[j.sample][j.cfg];
         let (r, stats) = match cfg.quant {
             None => (model.forward_window(toks, j.world, &mut ExactComb, 1), None),
-            Some(q) => {
-                let mut c = ReducerComb::new(q, cfg, &model, None);
+            Some(_) => {
+                let mut c = ReducerComb::new(cfg, model, None);
                 let r = model.forward_window(toks, j.world, &mut c, 1);
                 (r, Some(c.stats))
             }
         };
         let dt = t0.elapsed().as_secs_f64();
         let k = done.fetch_add(1, Ordering::Relaxed) + 1;
-        if k % 10 == 0 || k == jobs.len() {
+        if k.is_multiple_of(10) || k == jobs.len() {
             eprintln!("  {k}/{} jobs, {:.0}s", jobs.len(), t_start.elapsed().as_secs_f64());
         }
         (r, stats, dt)
@@ -698,6 +934,7 @@ fn real_main() -> Result<(), String> {
         a.nll += r.nll;
         a.count += r.count;
         a.cpu_s += dt;
+        a.windows.insert(j.window, (r.nll, r.count));
         if let Some(s) = stats {
             match &mut a.stats {
                 Some(x) => x.add(&s),
@@ -710,6 +947,7 @@ fn real_main() -> Result<(), String> {
     // ---- report ----
     let mut md = String::new();
     let mut failed = Vec::new();
+    let mut rows = Vec::new();
     for (si, s) in samples.iter().enumerate() {
         let cfgs = &cfgs_per_sample[si];
         let exact_i = cfgs.iter().position(|c| c.quant.is_none() && c.worlds.is_none());
@@ -719,32 +957,50 @@ fn real_main() -> Result<(), String> {
             s.windows.len(),
             s.windows.iter().map(|w| w.len() - 1).sum::<usize>()
         );
-        md += "| W | configuration | PPL | ΔPPL | ΔPPL % | rel. err attn | rel. err mlp | CPU s |\n";
-        md += "|---|---|---:|---:|---:|---:|---:|---:|\n";
+        md += "\"bits rs\", \"bits ag\": bits per element that cross the link in the reduce-scatter and the all-gather step \
+               (codes, 64 bits of parameters per group of G, 24 per spike; full groups), averaged over the 2 × n_layer \
+               row-parallel all-reduces (all of the same size); 16 for bf16 transport and the exact sum. \
+               \"s.e.\": standard error of ΔPPL % from the spread of the per-window ΔNLL (paired with exact, same windows).\n\n";
+        md += "| W | configuration | bits rs | bits ag | PPL | ΔPPL | ΔPPL % | s.e. | rel. err attn | rel. err mlp | CPU s |\n";
+        md += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
         for &w in &opts.worlds {
-            let base = exact_i.map(|e| {
-                let a = &agg[&(si, w, e)];
-                (a.nll / a.count as f64).exp()
-            });
+            let exact = exact_i.map(|e| &agg[&(si, w, e)]);
+            let base = exact.map(Agg::ppl);
             for (ci, c) in cfgs.iter().enumerate() {
                 let Some(a) = agg.get(&(si, w, ci)) else { continue };
-                let ppl = (a.nll / a.count as f64).exp();
+                let ppl = a.ppl();
+                let se = exact.filter(|_| c.quant.is_some()).and_then(|e| a.dppl_se_pct(e));
                 let (d, dp) = match base {
                     Some(b) if c.quant.is_some() => {
                         (format!("{:+.4}", ppl - b), format!("{:+.3}%", (ppl / b - 1.0) * 100.0))
                     }
                     _ => ("".into(), "".into()),
                 };
+                let se_s = se.map_or(String::new(), |x| format!("±{x:.3}%"));
                 let (ea, em) = match &a.stats {
                     Some(st) => (format!("{:.2e}", st.rel_all(Kind::Attn)), format!("{:.2e}", st.rel_all(Kind::Mlp))),
                     None => ("".into(), "".into()),
                 };
-                md += &format!("| {w} | {} | {ppl:.4} | {d} | {dp} | {ea} | {em} | {:.1} |\n", c.label(), a.cpu_s);
-                if let (Some(b), Some(max), Some(_)) = (base, opts.max_dppl_pct, c.quant) {
+                let (brs, bag) = c.mean_bits(model.n_layer);
+                md += &format!(
+                    "| {w} | {} | {brs:.3} | {bag:.3} | {ppl:.4} | {d} | {dp} | {se_s} | {ea} | {em} | {:.1} |\n",
+                    c.label(),
+                    a.cpu_s
+                );
+                if let (Some(b), Some(max), Some(_)) = (base, opts.max_dppl.limit(c), c.quant) {
                     if (ppl / b - 1.0) * 100.0 > max {
                         failed.push(format!("{} W={w} {}: dPPL {:+.3}% > {max}%", s.name, c.short(), (ppl / b - 1.0) * 100.0));
                     }
                 }
+                rows.push(Row {
+                    sample: si,
+                    world: w,
+                    cfg: c.short(),
+                    ppl,
+                    dppl_pct: base.filter(|_| c.quant.is_some()).map(|b| (ppl / b - 1.0) * 100.0),
+                    dppl_se_pct: se,
+                    bits: (brs, bag),
+                });
             }
         }
     }
@@ -773,14 +1029,7 @@ fn real_main() -> Result<(), String> {
         }
     }
     md += &format!("\nWall time: {wall:.1} s on {} threads.\n", opts.threads);
-    print!("{md}");
-    if let Some(p) = &opts.markdown {
-        std::fs::write(p, &md).map_err(|e| format!("writing {}: {e}", p.display()))?;
-    }
-    if !failed.is_empty() {
-        return Err(format!("dPPL threshold exceeded:\n  {}", failed.join("\n  ")));
-    }
-    Ok(())
+    Ok(Eval { md, failed, rows })
 }
 
 /// Forward-pass correctness check against the numpy reference (PPL ~59.8 on
@@ -872,15 +1121,7 @@ fn write_fixture(opts: &Opts, model: &Model, tok: &tokenizer::Tokenizer, path: &
     let want: Vec<(usize, Kind)> = opts
         .fixture_layers
         .split(',')
-        .map(|s| {
-            let (n, k) = s.split_at(s.len().saturating_sub(1));
-            let kind = match k {
-                "a" => Kind::Attn,
-                "m" => Kind::Mlp,
-                _ => return Err(format!("bad --fixture-layers entry {s:?}")),
-            };
-            Ok((n.parse().map_err(|_| format!("bad --fixture-layers entry {s:?}"))?, kind))
-        })
+        .map(|s| parse_proj(s).map_err(|e| format!("--fixture-layers: {e}")))
         .collect::<Result<_, String>>()?;
     let moby = moby_text(&opts.models, 1..=1)?;
     // (BOS first when the model adds one, as in the evaluation windows)
@@ -905,60 +1146,370 @@ fn write_fixture(opts: &Opts, model: &Model, tok: &tokenizer::Tokenizer, path: &
     Ok(())
 }
 
-/// Which projections matter: run the Moby Dick sample's first windows with
-/// the reducer configuration applied at a single row-parallel projection (all
-/// others exact), for every projection in turn.
-fn ablate(opts: &Opts, model: &Model, tok: &tokenizer::Tokenizer, spec: &str) -> Result<(), String> {
+/// How `--plan` ranks the projections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PlanMethod {
+    /// Single-projection ablation: ΔPPL with the configuration at that
+    /// projection only, every other all-reduce exact (`--ablate`).
+    Ablate,
+    /// Upgrade gain: PPL with the configuration everywhere minus PPL with
+    /// that one projection upgraded (errors of the other projections present).
+    Gain,
+}
+
+impl PlanMethod {
+    fn parse(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "ablate" => Ok(Self::Ablate),
+            "gain" => Ok(Self::Gain),
+            _ => Err(format!("--plan-method {s:?}: ablate or gain")),
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Self::Ablate => "ablate",
+            Self::Gain => "gain",
+        }
+    }
+}
+
+/// A single-projection ablation and/or upgrade-gain measurement: PPL on the
+/// first windows of the Moby Dick sample, exact, with the configuration
+/// everywhere, with it at one projection only (every other all-reduce
+/// exact), and with it everywhere but one projection upgraded.
+struct Ablation {
+    exact: f64,
+    everywhere: f64,
+    /// PPL with the configuration at projection `layer * 2 + kind` only (empty: not run).
+    only: Vec<f64>,
+    /// PPL with the configuration everywhere and the upgrade at projection
+    /// `layer * 2 + kind` (empty: not run).
+    upgraded: Vec<f64>,
+    /// Windows and their length.
+    nwin: usize,
+    ctx: usize,
+    wall_s: f64,
+}
+
+impl Ablation {
+    fn pct(&self, ppl: f64) -> f64 {
+        (ppl / self.exact - 1.0) * 100.0
+    }
+    /// ΔPPL % with the configuration at `p` only.
+    fn only_pct(&self, (layer, kind): Proj) -> f64 {
+        self.pct(self.only[layer * 2 + kind as usize])
+    }
+    /// PPL gain (% of the exact PPL) from upgrading `p` alone.
+    fn gain_pct(&self, (layer, kind): Proj) -> f64 {
+        (self.everywhere - self.upgraded[layer * 2 + kind as usize]) / self.exact * 100.0
+    }
+    fn sensitivity(&self, method: PlanMethod, p: Proj) -> f64 {
+        match method {
+            PlanMethod::Ablate => self.only_pct(p),
+            PlanMethod::Gain => self.gain_pct(p),
+        }
+    }
+    /// The table of every projection's ΔPPL % (and gain).
+    fn markdown(&self, cfg: &Cfg, world: usize, n_layer: usize, upgrade: Option<Quantization>) -> String {
+        let mut md = format!(
+            "\n### Single-projection ablation, {} at W={world}, first {} tokens of the Moby Dick sample ({} windows of {})\n\n\
+             Exact PPL {:.4}; {} at every projection: PPL {:.4} ({:+.3}%).",
+            cfg.label(),
+            self.nwin * self.ctx,
+            self.nwin,
+            self.ctx,
+            self.exact,
+            cfg.label(),
+            self.everywhere,
+            self.pct(self.everywhere)
+        );
+        let (mut head, mut rule) = ("| layer |".to_string(), "|---:|".to_string());
+        if !self.only.is_empty() {
+            md += " \"only\": ΔPPL % when only that one projection uses it (every other all-reduce exact).";
+            head += " attn_output only | ffn_down only |";
+            rule += "---:|---:|";
+        }
+        if let (false, Some(u)) = (self.upgraded.is_empty(), upgrade) {
+            md += &format!(
+                " \"gain\": PPL reduction (% of the exact PPL) when that one projection uses {} and every other {}.",
+                u.label(),
+                cfg.short()
+            );
+            head += " attn_output gain | ffn_down gain |";
+            rule += "---:|---:|";
+        }
+        md += &format!("\n\n{head}\n{rule}\n");
+        for l in 0..n_layer {
+            md += &format!("| {l} |");
+            if !self.only.is_empty() {
+                md += &format!(" {:+.3}% | {:+.3}% |", self.only_pct((l, Kind::Attn)), self.only_pct((l, Kind::Mlp)));
+            }
+            if !self.upgraded.is_empty() {
+                md += &format!(" {:+.3}% | {:+.3}% |", self.gain_pct((l, Kind::Attn)), self.gain_pct((l, Kind::Mlp)));
+            }
+            md += "\n";
+        }
+        md
+    }
+}
+
+/// Runs the single-projection ablation of `cfg` at `world` (`only`) and/or
+/// the upgrade gains (`upgrade`) on the first `--ablate-windows` windows of
+/// the Moby Dick sample.
+fn run_ablation(
+    opts: &Opts,
+    model: &Model,
+    tok: &tokenizer::Tokenizer,
+    cfg: &Cfg,
+    world: usize,
+    only: bool,
+    upgrade: Option<Quantization>,
+) -> Result<Ablation, String> {
     let t_start = Instant::now();
-    let (cs, ws) = spec.split_once('@').ok_or("--ablate wants CFG@W, e.g. int4-g128@4")?;
-    let world: usize = ws.parse().map_err(|_| format!("bad world in {spec:?}"))?;
-    let cfg = parse_cfg(cs)?;
-    let q = cfg.quant.ok_or("--ablate needs a reducer configuration")?;
+    if cfg.quant.is_none() {
+        return Err("the ablation needs a reducer configuration".into());
+    }
+    cfg.check(model.n_layer)?;
     let ctx = opts.ctx;
     let nwin = opts.ablate_windows;
     let moby = moby_text(&opts.models, 1..=40)?;
     let windows = make_windows(tok, &moby, nwin, ctx, "Moby Dick")?;
-    // variant 0: exact; 1: everywhere; 2 + 2*layer + kind: only there
-    let nvar = 2 + 2 * model.n_layer;
+    let projs: Vec<Proj> = (0..model.n_layer).flat_map(|l| [(l, Kind::Attn), (l, Kind::Mlp)]).collect();
+    // variant 0: exact; 1: everywhere; then `cfg` at one projection only
+    // (index 2 + 2*layer + kind), then everywhere with one projection upgraded
+    let mut variants: Vec<Option<(Cfg, Option<Proj>)>> = vec![None, Some((cfg.clone(), None))];
+    if only {
+        variants.extend(projs.iter().map(|&p| Some((cfg.clone(), Some(p)))));
+    }
+    if let Some(u) = upgrade {
+        variants.extend(projs.iter().map(|&p| {
+            let mut c = cfg.clone();
+            if !c.overrides.iter().any(|(_, ps)| ps.contains(&p)) {
+                c.overrides.push((u, vec![p]));
+            }
+            Some((c, None))
+        }));
+    }
+    let nvar = variants.len();
+    eprintln!("ablation of {} at W={world}: {} jobs ({nwin} windows of {ctx}), {} threads", cfg.short(), nvar * nwin, opts.threads);
     let res = run_jobs(opts.threads, nvar * nwin, |i| {
         let (v, w) = (i / nwin, i % nwin);
         let toks = &windows[w];
-        let r = if v == 0 {
-            model.forward_window(toks, world, &mut ExactComb, 1)
-        } else {
-            let only = (v >= 2).then(|| ((v - 2) / 2, if (v - 2) % 2 == 0 { Kind::Attn } else { Kind::Mlp }));
-            model.forward_window(toks, world, &mut ReducerComb::new(q, &cfg, model, only), 1)
+        let r = match &variants[v] {
+            None => model.forward_window(toks, world, &mut ExactComb, 1),
+            Some((c, at)) => model.forward_window(toks, world, &mut ReducerComb::new(c, model, *at), 1),
         };
         if (i + 1) % 20 == 0 {
             eprintln!("  {}/{} jobs, {:.0}s", i + 1, nvar * nwin, t_start.elapsed().as_secs_f64());
         }
         r
     });
-    let ppl: Vec<f64> = (0..nvar)
+    let mut ppl: Vec<f64> = (0..nvar)
         .map(|v| {
             let (nll, cnt) = res[v * nwin..(v + 1) * nwin].iter().fold((0.0, 0), |(a, b), r| (a + r.nll, b + r.count));
             (nll / cnt as f64).exp()
         })
         .collect();
-    let pct = |p: f64| (p / ppl[0] - 1.0) * 100.0;
-    let mut md = format!(
-        "\n### Single-projection ablation, {} at W={world}, first {} tokens of the Moby Dick sample ({nwin} windows of {ctx})\n\n\
-         Exact PPL {:.4}; {} at every projection: PPL {:.4} ({:+.3}%). Below: ΔPPL % when only that one projection uses it.\n\n\
-         | layer | attn_output only | ffn_down only |\n|---:|---:|---:|\n",
-        cfg.label(),
-        nwin * ctx,
-        ppl[0],
-        cfg.label(),
-        ppl[1],
-        pct(ppl[1])
-    );
-    for l in 0..model.n_layer {
-        md += &format!("| {l} | {:+.3}% | {:+.3}% |\n", pct(ppl[2 + 2 * l]), pct(ppl[3 + 2 * l]));
+    let upgraded = if upgrade.is_some() { ppl.split_off(ppl.len() - projs.len()) } else { vec![] };
+    let only = if only { ppl.split_off(2) } else { vec![] };
+    Ok(Ablation { exact: ppl[0], everywhere: ppl[1], only, upgraded, nwin, ctx, wall_s: t_start.elapsed().as_secs_f64() })
+}
+
+/// Parses `CFG@W` (one world size).
+fn cfg_at_world(spec: &str, what: &str) -> Result<(Cfg, usize), String> {
+    let (cs, ws) = spec.rsplit_once('@').ok_or_else(|| format!("{what} wants CFG@W, e.g. int4-g128@4"))?;
+    let world: usize = ws.parse().map_err(|_| format!("bad world in {spec:?}"))?;
+    let cfg = parse_cfg(cs)?;
+    if cfg.quant.is_none() {
+        return Err(format!("{what} needs a reducer configuration"));
     }
-    md += &format!("\nWall time: {:.1} s on {} threads.\n", t_start.elapsed().as_secs_f64(), opts.threads);
+    Ok((cfg, world))
+}
+
+fn write_md(opts: &Opts, md: &str) -> Result<(), String> {
     print!("{md}");
     if let Some(p) = &opts.markdown {
-        std::fs::write(p, &md).map_err(|e| format!("writing {}: {e}", p.display()))?;
+        std::fs::write(p, md).map_err(|e| format!("writing {}: {e}", p.display()))?;
     }
     Ok(())
+}
+
+/// Which projections matter: run the Moby Dick sample's first windows with
+/// the reducer configuration applied at a single row-parallel projection (all
+/// others exact), for every projection in turn.
+fn ablate(opts: &Opts, model: &Model, tok: &tokenizer::Tokenizer, spec: &str) -> Result<(), String> {
+    let (cfg, world) = cfg_at_world(spec, "--ablate")?;
+    let ab = run_ablation(opts, model, tok, &cfg, world, true, None)?;
+    let mut md = ab.markdown(&cfg, world, model.n_layer, None);
+    md += &format!("\nWall time: {:.1} s on {} threads.\n", ab.wall_s, opts.threads);
+    write_md(opts, &md)
+}
+
+/// A per-projection precision plan: rank the projections by their
+/// sensitivity under `CFG` (`--plan-method`), give the top N the upgrade
+/// setting, and evaluate exact, `CFG` and each plan on the Moby Dick sample.
+fn plan(opts: &Opts, model: &Model, tok: &tokenizer::Tokenizer, spec: &str) -> Result<(), String> {
+    let t_start = Instant::now();
+    let (cfg, world) = cfg_at_world(spec, "--plan")?;
+    let upgrade = Quantization::parse(&opts.plan_upgrade).map_err(|e| e.to_string())?;
+    let methods = &opts.plan_methods;
+    let ab = run_ablation(
+        opts,
+        model,
+        tok,
+        &cfg,
+        world,
+        methods.contains(&PlanMethod::Ablate),
+        methods.contains(&PlanMethod::Gain).then_some(upgrade),
+    )?;
+    // per method: every projection the base does not already override, most sensitive first
+    let rankings: Vec<(PlanMethod, Vec<(Proj, f64)>)> = methods
+        .iter()
+        .map(|&m| {
+            let mut r: Vec<(Proj, f64)> = (0..model.n_layer)
+                .flat_map(|l| [(l, Kind::Attn), (l, Kind::Mlp)])
+                .filter(|p| !cfg.overrides.iter().any(|(_, ps)| ps.contains(p)))
+                .map(|p| (p, ab.sensitivity(m, p)))
+                .collect();
+            r.sort_by(|a, b| b.1.total_cmp(&a.1));
+            (m, r)
+        })
+        .collect();
+    // (plan, N, the methods that proposed it)
+    let mut plans: Vec<(String, usize, Vec<&str>)> = Vec::new();
+    for (m, ranking) in &rankings {
+        for &n in &opts.plan_n {
+            let mut top: Vec<Proj> = ranking.iter().take(n).map(|r| r.0).collect();
+            top.sort();
+            if top.is_empty() {
+                continue;
+            }
+            let p = format!("{}/{}={}", cfg.short(), upgrade.label(), top.iter().map(|&p| proj_name(p)).collect::<Vec<_>>().join("+"));
+            match plans.iter_mut().find(|x| x.0 == p) {
+                Some(x) => x.2.push(m.name()),
+                None => plans.push((p, top.len(), vec![m.name()])),
+            }
+        }
+    }
+    // evaluate exact, the base and the plans at W on the Moby Dick sample
+    let mut eo = opts.clone();
+    eo.worlds = vec![world];
+    eo.sotu_tokens = 0;
+    eo.layer_errors = vec![];
+    eo.cfgs = ["exact".to_string(), cfg.short()].into_iter().chain(plans.iter().map(|p| p.0.clone())).collect::<Vec<_>>().join(",");
+    eprintln!("evaluating {}", eo.cfgs);
+    let ev = evaluate(&eo, model, tok)?;
+    let mut md = format!(
+        "\n## Per-projection precision plan: {} at W={world}, upgrade {}\n\n\
+         Sensitivity measured on the first {} tokens of the Moby Dick sample ({} windows of {}): exact PPL there {:.4}, \
+         {} everywhere {:.4} ({:+.3}%).\n",
+        cfg.label(),
+        upgrade.label(),
+        ab.nwin * ab.ctx,
+        ab.nwin,
+        ab.ctx,
+        ab.exact,
+        cfg.short(),
+        ab.everywhere,
+        ab.pct(ab.everywhere)
+    );
+    for (m, ranking) in &rankings {
+        let what = match m {
+            PlanMethod::Ablate => format!(
+                "`ablate`: ΔPPL % of the single-projection ablation ({} at that projection only, every other all-reduce exact)",
+                cfg.short()
+            ),
+            PlanMethod::Gain => format!(
+                "`gain`: PPL reduction (% of the exact PPL) when that projection alone uses {} and every other {}",
+                upgrade.label(),
+                cfg.short()
+            ),
+        };
+        md += &format!("\nRanking by {what}, most sensitive first (top 10):\n\n| rank | projection | {} |\n|---:|---|---:|\n", m.name());
+        for (i, &((l, k), pct)) in ranking.iter().take(10).enumerate() {
+            let kind = if k == Kind::Attn { "attn_output" } else { "ffn_down" };
+            md += &format!("| {} | `{}` ({kind} of layer {l}) | {pct:+.3}% |\n", i + 1, proj_name((l, k)));
+        }
+    }
+    md += &format!(
+        "\nPlans (top N of a ranking → {}), evaluated with exact and the base on the whole sample ({} tokens, W = {world}):\n\n\
+         | plan | ranked by | N | bits rs | bits ag | PPL | ΔPPL % | s.e. |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
+        upgrade.label(),
+        opts.moby_tokens
+    );
+    for (name, n, by) in std::iter::once((cfg.short(), 0, vec!["(base)"])).chain(plans.iter().cloned()) {
+        let r = ev.rows.iter().find(|r| r.sample == 0 && r.world == world && r.cfg == name).ok_or("plan row missing")?;
+        md += &format!(
+            "| `{name}` | {} | {n} | {:.3} | {:.3} | {:.4} | {} | {} |\n",
+            by.join(", "),
+            r.bits.0,
+            r.bits.1,
+            r.ppl,
+            r.dppl_pct.map_or(String::new(), |d| format!("{d:+.3}%")),
+            r.dppl_se_pct.map_or(String::new(), |d| format!("±{d:.3}%"))
+        );
+    }
+    md += &ev.md;
+    md += &ab.markdown(&cfg, world, model.n_layer, Some(upgrade));
+    md += &format!(
+        "\nWall time of --plan: {:.1} s on {} threads (ablation {:.1} s).\n",
+        t_start.elapsed().as_secs_f64(),
+        opts.threads,
+        ab.wall_s
+    );
+    write_md(opts, &md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_parse_print_and_count_bits() {
+        let c = parse_cfg("int4k4-int8/int8-g128=0m+29m/none=3a@4").unwrap();
+        assert_eq!(c.short(), "int4k4-int8-g128/int8-g128=0m+29m/none=3a");
+        assert_eq!(c.worlds, Some(vec![4]));
+        // the short form parses back to the same configuration
+        let again = parse_cfg(&c.short()).unwrap();
+        assert_eq!(again.short(), c.short());
+        assert_eq!(c.quant_at((0, Kind::Mlp)), Quantization::parse("int8-g128").ok());
+        assert_eq!(c.quant_at((29, Kind::Mlp)), Quantization::parse("int8-g128").ok());
+        assert_eq!(c.quant_at((3, Kind::Attn)), Some(Quantization::None));
+        assert_eq!(c.quant_at((0, Kind::Attn)), Quantization::parse("int4k4-int8-g128").ok());
+        // 57 projections at 4 + 0.5 + 4 * 24 / 128 = 5.25 bits, two at 8.5, one at 16
+        let (rs, ag) = c.mean_bits(30);
+        assert!((rs - (57.0 * 5.25 + 2.0 * 8.5 + 16.0) / 60.0).abs() < 1e-12, "{rs}");
+        assert!((ag - (59.0 * 8.5 + 16.0) / 60.0).abs() < 1e-12, "{ag}");
+        assert!(c.check(30).is_ok());
+        assert!(c.check(29).is_err(), "layer 29 of a 29-layer model");
+        assert_eq!(parse_cfg("exact").unwrap().mean_bits(30), (16.0, 16.0));
+        assert_eq!(parse_cfg("none").unwrap().mean_bits(30), (16.0, 16.0));
+        // with the diagnostics' suffixes on the base
+        assert_eq!(parse_cfg("int4-g128-row/int8-g128=1a").unwrap().short(), "int4-g128-row/int8-g128=1a");
+    }
+
+    #[test]
+    fn bad_overrides_are_errors() {
+        for bad in ["exact/int8-g128=0m", "int4k4/int8=0x", "int4k4/int8", "int4k4/int3=0m", "int4k4/int8=m"] {
+            assert!(parse_cfg(bad).is_err(), "{bad}");
+        }
+        assert!(parse_cfg("int4k4/int8=0m/int8k1=0m").unwrap().check(30).is_err(), "a projection twice");
+    }
+
+    #[test]
+    fn dppl_limits_per_configuration() {
+        let l = DpplLimits::parse("1,int4k4-int8=8").unwrap();
+        assert_eq!(l.limit(&parse_cfg("int8-g128").unwrap()), Some(1.0));
+        assert_eq!(l.limit(&parse_cfg("int4k4-int8-g128").unwrap()), Some(8.0));
+        assert_eq!(DpplLimits::parse("int4=5").unwrap().limit(&parse_cfg("int8").unwrap()), None);
+        assert!(DpplLimits::parse("x").is_err());
+    }
+
+    #[test]
+    fn projection_names() {
+        assert_eq!(parse_proj("29m").unwrap(), (29, Kind::Mlp));
+        assert_eq!(parse_proj("0a").unwrap(), (0, Kind::Attn));
+        assert_eq!(proj_name((11, Kind::Mlp)), "11m");
+        assert!(parse_proj("").is_err() && parse_proj("a").is_err() && parse_proj("3").is_err());
+    }
 }

@@ -275,7 +275,7 @@ impl Model {
     /// per rank), otherwise the last ranks get an empty slice.
     pub fn attn_slices(&self, world: usize) -> Vec<(usize, usize)> {
         let qd = self.n_head * self.head_dim;
-        if world > self.n_head && world % self.n_head == 0 && qd % world == 0 {
+        if world > self.n_head && world.is_multiple_of(self.n_head) && qd.is_multiple_of(world) {
             return split_even(qd, world);
         }
         split_even(self.n_head, world)

@@ -404,8 +404,8 @@ impl Spm {
             syms.push(Sym { start: off, len: ch.len_utf8(), prev: i.checked_sub(1), next: None });
         }
         let n = syms.len();
-        for i in 0..n.saturating_sub(1) {
-            syms[i].next = Some(i + 1);
+        for (i, s) in syms.iter_mut().enumerate().take(n.saturating_sub(1)) {
+            s.next = Some(i + 1);
         }
         let mut heap = BinaryHeap::new();
         let try_add = |heap: &mut BinaryHeap<Bigram>, syms: &[Sym], l: Option<usize>, r: Option<usize>| {
